@@ -1,0 +1,3 @@
+from lock.cli import main
+
+raise SystemExit(main())

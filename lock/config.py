@@ -1,0 +1,211 @@
+"""config.yaml → validated, frozen settings.
+
+Every section is a pydantic model that forbids unknown keys and states its
+defaults and bounds (the way Frigate's config models do).  A bad file raises
+:class:`~lock.errors.ConfigError` whose message names the file, the key path,
+the bad value and what is allowed; the CLI turns that into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lock.errors import ConfigError
+
+DEFAULT_PATHS = (Path("/etc/lock/config.yaml"), Path("config.yaml"))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraSettings(Section):
+    source: Literal["picamera2", "opencv", "files"] = "picamera2"
+    device: str = Field("0", description="opencv: camera index, /dev/videoN or a stream URL")
+    path: str = Field("", description="files: a directory of images or a video file")
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=64, le=4096)
+    fps: float = Field(10.0, gt=0, le=120)
+    loop: bool = Field(False, description="files: start again at the end")
+    retry_max_seconds: float = Field(30.0, gt=0, description="longest wait between reconnect tries")
+
+
+class VisionSettings(Section):
+    models_dir: str = Field("", description="folder with the .tflite files and manifest.json; empty = the project's models/")
+    threads: int = Field(2, ge=1, le=16)
+    coral: bool = Field(False, description="use *_edgetpu.tflite through libedgetpu when present")
+    min_face: int = Field(80, ge=20, le=1000, description="smallest face searched for, pixels of the frame")
+    scale_factor: float = Field(0.709, gt=0.3, lt=0.95)
+    thresholds: tuple[float, float, float] = Field((0.6, 0.7, 0.8), description="P-Net, R-Net, O-Net")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _unit(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 < t < 1.0 for t in v):
+            raise ValueError("each threshold must be between 0 and 1")
+        return v
+
+
+class QualitySettings(Section):
+    min_face: int = Field(80, ge=20, description="shorter box side in pixels")
+    min_sharpness: float = Field(20.0, ge=0, description="variance of the Laplacian of the aligned face")
+    max_yaw: float = Field(35.0, gt=0, le=90, description="degrees")
+    max_pitch: float = Field(30.0, gt=0, le=90, description="degrees")
+    min_brightness: float = Field(40.0, ge=0, le=255)
+    max_brightness: float = Field(220.0, ge=0, le=255)
+
+
+class MatchSettings(Section):
+    threshold: float = Field(0.63, gt=-1, lt=1, description="cosine similarity a vote needs")
+    margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
+
+
+class DecideSettings(Section):
+    votes: int = Field(2, ge=1, le=50, description="agreeing votes a track needs to unlock")
+    window_seconds: float = Field(3.0, gt=0)
+    unknown_after: int = Field(4, ge=1, description="embedded frames without an accept before 'unknown'")
+    track_iou: float = Field(0.3, gt=0, lt=1)
+    track_timeout_seconds: float = Field(1.5, gt=0)
+    lockout_after: int = Field(5, ge=1, description="unknown tracks within lockout_window_seconds")
+    lockout_window_seconds: float = Field(120.0, gt=0)
+    lockout_seconds: float = Field(60.0, gt=0)
+    lockout_max_seconds: float = Field(3600.0, gt=0)
+
+
+class DoorSettings(Section):
+    relay_pin: str = Field("GPIO17", description="gpiozero pin name or number")
+    relay_active_high: bool = True
+    unlock_seconds: float = Field(3.0, gt=0, le=60)
+    contact_pin: str | None = None
+    contact_open_when_high: bool = Field(True, description="with the pull-up on, an open reed switch reads high")
+    held_open_seconds: float = Field(30.0, gt=0)
+    exit_button_pin: str | None = None
+
+    @field_validator("relay_pin", "contact_pin", "exit_button_pin", mode="before")
+    @classmethod
+    def _pin_as_str(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) else v
+
+
+class GallerySettings(Section):
+    path: str = "/var/lib/lock/gallery.db"
+
+
+class AuditSettings(Section):
+    path: str = "/var/lib/lock/audit.db"
+    keep_days: int = Field(90, ge=1)
+
+
+class ControlSettings(Section):
+    socket: str = "/run/lock/control.sock"
+    group: str | None = Field("lock", description="group allowed to use the socket (mode 0660)")
+
+
+class TLSSettings(Section):
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+class MQTTSettings(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = "face-lock"
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = Field("LOCK_MQTT_PASSWORD", description="environment variable holding the password")
+    tls: TLSSettings = TLSSettings()
+    base_topic: str = "face_lock"
+    discovery_prefix: str = "homeassistant"
+    device_name: str = "Front door"
+    code_file: str | None = Field(None, description="file holding the code remote commands must carry")
+    code_env: str | None = Field(None, description="environment variable holding that code")
+    publish_scores: bool = False
+    unknown_image: bool = False
+    queue_size: int = Field(1000, ge=1)
+    commands_per_minute: int = Field(10, ge=1)
+    keepalive: int = Field(30, ge=5)
+
+
+class Settings(Section):
+    camera: CameraSettings = CameraSettings()
+    vision: VisionSettings = VisionSettings()
+    quality: QualitySettings = QualitySettings()
+    match: MatchSettings = MatchSettings()
+    decide: DecideSettings = DecideSettings()
+    door: DoorSettings = DoorSettings()
+    gallery: GallerySettings = GallerySettings()
+    audit: AuditSettings = AuditSettings()
+    control: ControlSettings = ControlSettings()
+    mqtt: MQTTSettings = MQTTSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.quality.min_brightness >= self.quality.max_brightness:
+            raise ValueError("quality.min_brightness must be below quality.max_brightness")
+        return self
+
+
+def _describe(err: dict) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key (check the spelling; config.yaml in the project lists every key)"
+    value = err.get("input")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{path}: {msg} (got {value!r})"
+
+
+def parse(data: object, source: str = "<config>") -> Settings:
+    """Validate a mapping (as read from YAML) into frozen settings."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def find_config(path: str | os.PathLike | None) -> Path:
+    """The file to read: the one given, else /etc/lock/config.yaml, else ./config.yaml."""
+    if path is not None:
+        return Path(path)
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("no configuration file: give --config PATH, or create /etc/lock/config.yaml "
+                      "(copy config.yaml from the project)")
+
+
+def load(path: str | os.PathLike | None = None) -> Settings:
+    """Read and validate a config file; errors name the file and the key path."""
+    p = find_config(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read it: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse(data, str(p))
+
+
+def models_dir(settings: Settings) -> Path:
+    return Path(settings.vision.models_dir) if settings.vision.models_dir else REPO_ROOT / "models"

@@ -1,0 +1,69 @@
+"""Per-person schedules: on which days and between which hours a person may enter."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Days (``"mon"``..``"sun"``) and a local time range [start, end).
+
+    ``end`` earlier than ``start`` means the range runs past midnight (e.g.
+    22:00-06:00); the day named is the day the range starts.
+    """
+
+    days: tuple[str, ...] = DAYS
+    start: dt.time = dt.time(0, 0)
+    end: dt.time = dt.time(23, 59, 59)
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.days if d not in DAYS]
+        if bad or not self.days:
+            raise ValueError(f"schedule days must be among {', '.join(DAYS)}; got {list(self.days)!r}")
+
+    def allows(self, when: dt.datetime) -> bool:
+        t = when.time()
+        day = DAYS[when.weekday()]
+        if self.start <= self.end:
+            return day in self.days and self.start <= t < self.end
+        if t >= self.start:
+            return day in self.days
+        yesterday = DAYS[(when.weekday() - 1) % 7]
+        return t < self.end and yesterday in self.days
+
+    @classmethod
+    def parse(cls, days: str, hours: str) -> "Schedule":
+        """From the CLI's words: days ``"mon-fri"`` or ``"mon,wed,sat"``, hours ``"07:00-19:00"``."""
+        days = days.strip().lower()
+        if "-" in days and "," not in days:
+            a, b = days.split("-", 1)
+            if a not in DAYS or b not in DAYS:
+                raise ValueError(f"days {days!r}: use e.g. mon-fri or mon,wed,sat")
+            i, j = DAYS.index(a), DAYS.index(b)
+            picked = tuple(DAYS[k % 7] for k in range(i, i + ((j - i) % 7) + 1))
+        else:
+            picked = tuple(d.strip() for d in days.split(",") if d.strip())
+        try:
+            a, b = hours.split("-", 1)
+            start = dt.time.fromisoformat(a.strip())
+            end = dt.time.fromisoformat(b.strip())
+        except ValueError:
+            raise ValueError(f"hours {hours!r}: use HH:MM-HH:MM, e.g. 07:00-19:00") from None
+        return cls(days=picked, start=start, end=end)
+
+    def to_json(self) -> str:
+        return json.dumps({"days": list(self.days), "start": self.start.isoformat(), "end": self.end.isoformat()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        d = json.loads(text)
+        return cls(days=tuple(d["days"]), start=dt.time.fromisoformat(d["start"]),
+                   end=dt.time.fromisoformat(d["end"]))
+
+    def __str__(self) -> str:
+        return f"{','.join(self.days)} {self.start.strftime('%H:%M')}-{self.end.strftime('%H:%M')}"
