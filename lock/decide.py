@@ -1,0 +1,267 @@
+"""Tracks, multi-frame voting, unknown faces, lockout and schedules.
+
+Pure logic: no threads, no I/O.  Every method takes ``now`` in monotonic
+seconds (default: the injected ``clock``) and all windows are measured with
+it; ``wall`` (seconds since the epoch) only stamps events, and ``local_time``
+only feeds schedules.  The daemon calls, per processed frame::
+
+    ids = decider.observe(boxes, now)             # one track id per box
+    for box, tid in zip(boxes, ids):
+        if decider.needs_embedding(tid):
+            match = ...                           # gallery.match(...), or None if quality/liveness failed
+            events += decider.vote(tid, match, now)
+
+Choices worth knowing:
+
+* A track that votes for two different people is *conflicted*: it never
+  unlocks.  It keeps being embedded and, like any track without an accept,
+  raises ``unknown`` after ``unknown_after`` embedded frames.  (A tracker
+  swapping faces, or a morphed photo, should not open the door.)
+* A track is decided once it raised ``recognized``, ``denied`` or
+  ``unknown``; it then needs no more embeddings and raises nothing more.
+* Lockout: ``lockout_after`` unknown tracks within ``lockout_window_seconds``
+  suspend face unlock for ``lockout_seconds``, doubling with each further
+  lockout up to ``lockout_max_seconds``.  Unknowns keep counting while locked
+  out, so a continuing attempt engages a longer lockout from that moment.
+  The doubling goes back to the base after a successful unlock, or after a
+  quiet period of ``lockout_max_seconds`` with neither a lockout nor an
+  unknown face.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from lock.config import DecideSettings, MatchSettings
+from lock.events import DENIED, LOCKOUT, RECOGNIZED, UNKNOWN, Event
+from lock.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """The gallery's answer for one face: best person and runner-up (cosine scores).
+
+    ``person`` is None when the gallery is empty; ``runner_up`` is None when
+    fewer than two people are enrolled (``runner_up_score`` is then -1.0).
+    """
+
+    person: str | None
+    score: float
+    runner_up: str | None = None
+    runner_up_score: float = -1.0
+
+
+@dataclasses.dataclass
+class _Track:
+    id: int
+    box: np.ndarray                  # (4,) x1, y1, x2, y2 pixels
+    first_seen: float
+    last_seen: float
+    embedded: int = 0                # frames that passed the quality gate and were matched
+    votes: dict[str, collections.deque] = dataclasses.field(default_factory=dict)  # person → (time, score)
+    conflicted: bool = False
+    decision: str | None = None      # RECOGNIZED, DENIED or UNKNOWN once decided
+    best: Match | None = None        # best-scoring match seen, for the audit log
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes (N,4) against (M,4) → (N,M) in [0, 1]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+class Decider:
+    """Turns per-frame matches into door decisions and events."""
+
+    def __init__(self, settings: DecideSettings, match: MatchSettings, *,
+                 schedules: Callable[[str], Schedule | None] = lambda name: None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 local_time: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+        self.settings = settings
+        self.match_settings = match
+        self._schedules = schedules
+        self._clock = clock
+        self._wall = wall
+        self._local_time = local_time
+        self._tracks: dict[int, _Track] = {}
+        self._next_id = 1
+        self._unknowns: collections.deque[float] = collections.deque()  # times of recent unknown tracks
+        self._last_unknown: float | None = None
+        self._lockout_until: float | None = None
+        self._lockout_level = 0      # lockouts since the last reset; the next lasts base * 2**level
+
+    # -- tracks ---------------------------------------------------------------
+
+    def observe(self, boxes: np.ndarray, now: float | None = None) -> list[int]:
+        """Assign each box (N,4 pixels) to a track; return one track id per box.
+
+        Boxes join the existing track they overlap most (IoU >= ``track_iou``,
+        greedy, best pairs first); the rest start new tracks.  Tracks unseen
+        for ``track_timeout_seconds`` end first.
+        """
+        now = self._clock() if now is None else now
+        s = self.settings
+        for tid in [t.id for t in self._tracks.values() if now - t.last_seen > s.track_timeout_seconds]:
+            log.debug("track %d ended", tid)
+            del self._tracks[tid]
+
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        tracks = list(self._tracks.values())
+        ids: list[int | None] = [None] * len(boxes)
+        if len(boxes) and tracks:
+            overlap = iou(boxes, np.stack([t.box for t in tracks]))
+            taken: set[int] = set()
+            for flat in np.argsort(-overlap, axis=None, kind="stable"):
+                i, j = divmod(int(flat), len(tracks))
+                if overlap[i, j] < s.track_iou:
+                    break
+                if ids[i] is None and j not in taken:
+                    ids[i] = tracks[j].id
+                    taken.add(j)
+        for i, box in enumerate(boxes):
+            if ids[i] is None:
+                ids[i] = self._next_id
+                self._tracks[self._next_id] = _Track(self._next_id, box.copy(), now, now)
+                log.debug("track %d started at %s", self._next_id, box.tolist())
+                self._next_id += 1
+            else:
+                track = self._tracks[ids[i]]
+                track.box = box.copy()
+                track.last_seen = now
+        return [int(i) for i in ids]
+
+    def needs_embedding(self, track_id: int) -> bool:
+        """True while the track is live and undecided (embedding is the costly step)."""
+        track = self._tracks.get(track_id)
+        return track is not None and track.decision is None
+
+    # -- votes ----------------------------------------------------------------
+
+    def vote(self, track_id: int, match: Match | None, now: float | None = None) -> list[Event]:
+        """Count one frame of a track; return the events it decides (often none).
+
+        ``match`` is None for a face that failed the quality or liveness
+        gate: it counts for nothing, not even towards ``unknown``.
+        """
+        now = self._clock() if now is None else now
+        track = self._tracks.get(track_id)
+        if track is None:
+            raise KeyError(f"no track {track_id}: observe() ended it or never started it")
+        if track.decision is not None or match is None:
+            return []
+        s, m = self.settings, self.match_settings
+        track.embedded += 1
+        if match.person is not None and (track.best is None or match.score > track.best.score):
+            track.best = match
+
+        voted = (match.person is not None and match.score >= m.threshold
+                 and match.score - match.runner_up_score >= m.margin)
+        if voted:
+            if not track.conflicted and any(p != match.person for p in track.votes):
+                log.warning("track %d voted for %s after %s: it will not unlock",
+                            track.id, match.person, ", ".join(track.votes))
+                track.conflicted = True
+            track.votes.setdefault(match.person, collections.deque()).append((now, match.score))
+        for recent in track.votes.values():
+            while recent and now - recent[0][0] > s.window_seconds:
+                recent.popleft()
+
+        if voted and not track.conflicted and len(track.votes[match.person]) >= s.votes:
+            score = max(sc for _, sc in track.votes[match.person])
+            return self._accept(track, match.person, score, now)
+        if track.embedded >= s.unknown_after:
+            return self._unknown(track, now)
+        return []
+
+    def _accept(self, track: _Track, person: str, score: float, now: float) -> list[Event]:
+        private = {"score": round(score, 4)}
+        if self.locked_out(now):
+            return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,
+                                                 reason="lockout"))
+        schedule = self._schedules(person)
+        if schedule is not None and not schedule.allows(self._local_time()):
+            return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,
+                                                 reason="schedule"))
+        self._lockout_level = 0
+        return self._decide(track, Event.now(RECOGNIZED, person, clock=self._wall, private=private))
+
+    def _unknown(self, track: _Track, now: float) -> list[Event]:
+        s = self.settings
+        private: dict[str, Any] = {"conflicted": track.conflicted}
+        if track.best is not None:
+            private.update(score=round(track.best.score, 4), closest=track.best.person)
+        events = self._decide(track, Event.now(UNKNOWN, clock=self._wall, private=private,
+                                               frames=track.embedded))
+        self._lockout_level = self._level(now)
+        self._last_unknown = now
+        self._unknowns.append(now)
+        while self._unknowns and now - self._unknowns[0] > s.lockout_window_seconds:
+            self._unknowns.popleft()
+        if len(self._unknowns) >= s.lockout_after:
+            seconds = min(s.lockout_seconds * 2 ** self._lockout_level, s.lockout_max_seconds)
+            self._lockout_level = min(self._lockout_level + 1, 32)  # 2**32 * base is past any cap
+            self._lockout_until = now + seconds
+            self._unknowns.clear()
+            log.warning("%d unknown faces within %.0f s: face unlock suspended for %.0f s",
+                        s.lockout_after, s.lockout_window_seconds, seconds)
+            events.append(Event.now(LOCKOUT, clock=self._wall, seconds=seconds))
+        return events
+
+    def _decide(self, track: _Track, event: Event) -> list[Event]:
+        track.decision = event.kind
+        log.info("track %d: %s %s %s", track.id, event.kind, event.person or "", dict(event.detail))
+        return [event]
+
+    # -- lockout and status ---------------------------------------------------
+
+    def _level(self, now: float) -> int:
+        """Lockouts counted towards the next one's length, after the quiet-period reset."""
+        marks = [t for t in (self._last_unknown, self._lockout_until) if t is not None]
+        if marks and now - max(marks) >= self.settings.lockout_max_seconds:
+            return 0
+        return self._lockout_level
+
+    def locked_out(self, now: float | None = None) -> bool:
+        """True while face unlock is suspended by a lockout."""
+        return self.lockout_remaining(now) > 0
+
+    def lockout_remaining(self, now: float | None = None) -> float:
+        """Seconds of lockout left (0.0 when not locked out)."""
+        now = self._clock() if now is None else now
+        return max(0.0, self._lockout_until - now) if self._lockout_until is not None else 0.0
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """A JSON-able summary for ``lock status`` (no scores: they stay in the audit log)."""
+        now = self._clock() if now is None else now
+        return {
+            "tracks": [{"id": t.id, "box": [round(float(v), 1) for v in t.box],
+                        "age_seconds": round(now - t.first_seen, 2), "embedded": t.embedded,
+                        "votes": {p: len(v) for p, v in t.votes.items()},
+                        "conflicted": t.conflicted, "decision": t.decision}
+                       for t in self._tracks.values()
+                       if now - t.last_seen <= self.settings.track_timeout_seconds],
+            "locked_out": self.locked_out(now),
+            "lockout_remaining_seconds": round(self.lockout_remaining(now), 1),
+            "lockout_level": self._level(now),
+            "recent_unknowns": sum(1 for t in self._unknowns
+                                   if now - t <= self.settings.lockout_window_seconds),
+        }

@@ -1,0 +1,331 @@
+"""The door: relay, door contact and exit button, through gpiozero.
+
+The only module that imports gpiozero, and only inside :meth:`Door.open` and
+:func:`force_off`, so importing it touches no hardware and registers nothing.
+gpiozero picks the pin factory (lgpio on a Pi 5, ``GPIOZERO_PIN_FACTORY`` to
+override); tests pass ``pin_factory=MockFactory()``.
+
+Fail-secure: the relay rests de-energised (locked) and is energised only for
+an unlock pulse of ``unlock_seconds``.  Every path ends with it off: the pulse
+timer, :meth:`Door.lock`, :meth:`Door.close` (also on ``with`` exit), and
+``python -m lock.door --off`` which the systemd unit runs after the daemon
+stops, in case it died with the relay on.  When gpiozero releases a pin it
+becomes an input, so wire the relay module so that an unconnected input means
+locked (most modules do; else add a pull resistor to the inactive level).
+
+With a door contact wired (a reed switch to ground, the internal pull-up on):
+the door relocks as soon as it closes after opening during a pulse; it reports
+``door_held_open`` once per opening after ``held_open_seconds``, and
+``door_forced`` when it opens while the relay is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from lock import config
+from lock.config import DoorSettings
+from lock.errors import ConfigError, DoorError
+from lock.events import (DOOR_CONTACT, DOOR_FORCED, DOOR_HELD_OPEN, EXIT_BUTTON, LOCK_STATE, Event,
+                         EventBus)
+
+log = logging.getLogger(__name__)
+
+LOCKED, UNLOCKED, OPEN = "LOCKED", "UNLOCKED", "OPEN"
+
+
+def _device(key: str, make: Callable[..., Any], pin: str, **kwargs: Any) -> Any:
+    """Make one gpiozero device; failures become a DoorError naming the config key."""
+    import gpiozero
+
+    try:
+        return make(pin, **kwargs)
+    except gpiozero.GPIOZeroError as exc:
+        raise DoorError(f"door.{key} = {pin!r}: cannot use this pin: {exc} "
+                        "(check the pin name, that no other program holds it, and the GPIO library)") from exc
+
+
+def _relay(settings: DoorSettings, pin_factory: Any) -> Any:
+    import gpiozero
+
+    # initial_value=False: the relay must never energise while we start up.
+    return _device("relay_pin", gpiozero.DigitalOutputDevice, settings.relay_pin,
+                   active_high=settings.relay_active_high, initial_value=False, pin_factory=pin_factory)
+
+
+class Door:
+    """Relay pulse, door contact and exit button; publishes state and alerts to ``bus``.
+
+    Thread-safe: gpiozero callbacks, the pulse and held-open timers, and the
+    daemon may all call in; events are published outside the internal lock.
+    """
+
+    def __init__(self, settings: DoorSettings, bus: EventBus, *, pin_factory: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._bus = bus
+        self._pin_factory = pin_factory
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._relay: Any = None
+        self._contact: Any = None
+        self._button: Any = None
+        self._contact_open: bool | None = None
+        self._opened_during_pulse = False
+        self._open_since: float | None = None
+        self._pulse: threading.Timer | None = None
+        self._held: threading.Timer | None = None
+        self._published_state: str | None = None
+        self._closed = False
+
+    # -- life cycle -----------------------------------------------------------
+
+    def open(self) -> "Door":
+        """Claim the pins: relay off (locked), then the optional contact and exit button."""
+        import gpiozero
+
+        s = self.settings
+        bounce = s.bounce_seconds or None
+        events: list[Event] = []
+        with self._lock:
+            if self._closed:
+                raise DoorError("this Door is closed; make a new one")
+            if self._relay is not None:
+                return self
+            try:
+                self._relay = _relay(s, self._pin_factory)
+                if s.contact_pin is not None:
+                    self._contact = _device("contact_pin", gpiozero.DigitalInputDevice, s.contact_pin,
+                                            pull_up=True, bounce_time=bounce, pin_factory=self._pin_factory)
+                    self._contact_open = self._is_open(self._contact.is_active)
+                    self._contact.when_activated = lambda: self._on_contact(True)
+                    self._contact.when_deactivated = lambda: self._on_contact(False)
+                    events.append(Event.now(DOOR_CONTACT, open=self._contact_open))
+                if s.exit_button_pin is not None:
+                    self._button = _device("exit_button_pin", gpiozero.Button, s.exit_button_pin,
+                                           pull_up=True, bounce_time=bounce, pin_factory=self._pin_factory)
+                    self._button.when_pressed = self._on_exit_button
+            except BaseException:
+                self._close_devices()
+                raise
+            log.info("door ready: relay %s (active %s), contact %s, exit button %s", s.relay_pin,
+                     "high" if s.relay_active_high else "low", s.contact_pin, s.exit_button_pin)
+            events += self._state_changes()
+        self._publish(events)
+        return self
+
+    def close(self) -> None:
+        """Relay off first, then release every pin.  Safe to call twice."""
+        events: list[Event] = []
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for timer in (self._pulse, self._held):
+                if timer is not None:
+                    timer.cancel()
+            self._pulse = self._held = None
+            try:
+                if self._relay is not None and self._relay.is_active:
+                    self._relay.off()
+                    events.append(Event.now(LOCK_STATE, state=LOCKED))
+                    log.info("relay off: door closing down")
+            finally:
+                self._close_devices()
+        self._publish(events)
+
+    def _close_devices(self) -> None:
+        for device in (self._relay, self._contact, self._button):
+            if device is not None:
+                try:
+                    device.close()
+                except Exception:  # keep closing the others
+                    log.exception("closing %r failed", device)
+        self._relay = self._contact = self._button = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Door":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commands -------------------------------------------------------------
+
+    def unlock(self, reason: str = "") -> None:
+        """Energise the relay for ``unlock_seconds``; a repeated unlock restarts the pulse."""
+        events: list[Event] = []
+        with self._lock:
+            self._require_open()
+            if not self._relay.is_active:
+                # Already open (held open) counts as opened: closing it ends the pulse.
+                self._opened_during_pulse = bool(self._contact_open)
+            if self._pulse is not None:
+                self._pulse.cancel()
+            self._relay.on()
+            self._pulse = threading.Timer(self.settings.unlock_seconds, self._pulse_over)
+            self._pulse.args = (self._pulse,)
+            self._pulse.daemon = True
+            self._pulse.start()
+            log.info("unlocked for %.1f s (%s)", self.settings.unlock_seconds, reason or "no reason given")
+            events += self._state_changes()
+        self._publish(events)
+
+    def lock(self) -> None:
+        """De-energise the relay now (no-op when it is off or the door is not open)."""
+        events: list[Event] = []
+        with self._lock:
+            if self._relay is None:
+                return
+            self._release("lock requested")
+            events += self._state_changes()
+        self._publish(events)
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``OPEN`` while the contact shows the door open, else ``UNLOCKED`` while energised, else ``LOCKED``."""
+        with self._lock:
+            if self._contact_open:
+                return OPEN
+            return UNLOCKED if self._relay is not None and self._relay.is_active else LOCKED
+
+    @property
+    def contact_open(self) -> bool | None:
+        """True/False from the door contact; None when no contact is wired (or not open yet)."""
+        return self._contact_open
+
+    # -- internals (called with or without the lock held; RLock) ---------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise DoorError("the door is closed down; it cannot unlock")
+        if self._relay is None:
+            raise DoorError("the door is not open(); call open() before unlock()")
+
+    def _is_open(self, active: bool) -> bool:
+        # With the pull-up, "active" means the pin reads low.
+        return active != self.settings.contact_open_when_high
+
+    def _release(self, why: str) -> None:
+        if self._pulse is not None:
+            self._pulse.cancel()
+            self._pulse = None
+        if self._relay.is_active:
+            self._relay.off()
+            log.info("relay off: %s", why)
+        self._opened_during_pulse = False
+
+    def _pulse_over(self, timer: threading.Timer) -> None:
+        events: list[Event] = []
+        with self._lock:
+            if self._closed or timer is not self._pulse:  # restarted, locked or closed meanwhile
+                return
+            self._release("pulse over")
+            events += self._state_changes()
+        self._publish(events)
+
+    def _on_contact(self, active: bool) -> None:
+        events: list[Event] = []
+        with self._lock:
+            if self._closed or self._relay is None:
+                return
+            is_open = self._is_open(active)
+            if is_open == self._contact_open:
+                return
+            self._contact_open = is_open
+            events.append(Event.now(DOOR_CONTACT, open=is_open))
+            now = self._clock()
+            if is_open:
+                self._open_since = now
+                if self._relay.is_active:
+                    self._opened_during_pulse = True
+                else:
+                    log.warning("door opened while locked")
+                    events.append(Event.now(DOOR_FORCED))
+                self._held = threading.Timer(self.settings.held_open_seconds, self._held_too_long)
+                self._held.args = (self._held,)
+                self._held.daemon = True
+                self._held.start()
+            else:
+                log.info("door closed after %.1f s open", now - (self._open_since or now))
+                if self._held is not None:
+                    self._held.cancel()
+                    self._held = None
+                if self._relay.is_active and self._opened_during_pulse:
+                    self._release("door closed")
+            events += self._state_changes()
+        self._publish(events)
+
+    def _held_too_long(self, timer: threading.Timer) -> None:
+        with self._lock:
+            if self._closed or timer is not self._held or not self._contact_open:
+                return
+            self._held = None
+        log.warning("door held open for %.0f s", self.settings.held_open_seconds)
+        self._publish([Event.now(DOOR_HELD_OPEN, seconds=self.settings.held_open_seconds)])
+
+    def _on_exit_button(self) -> None:
+        if self._closed:
+            return
+        self._publish([Event.now(EXIT_BUTTON)])
+        self.unlock("exit_button")
+
+    def _state_changes(self) -> list[Event]:
+        state = self.state
+        if state == self._published_state:
+            return []
+        self._published_state = state
+        return [Event.now(LOCK_STATE, state=state)]
+
+    def _publish(self, events: list[Event]) -> None:
+        for event in events:
+            self._bus.publish(event)
+
+
+def force_off(settings: DoorSettings, pin_factory: Any = None) -> None:
+    """Drive the relay pin to its inactive (locked) level and release it.
+
+    For systemd's ExecStopPost: the daemon is gone, maybe with the relay on.
+    """
+    relay = _relay(settings, pin_factory)
+    try:
+        relay.off()
+        log.info("relay on %s forced off", settings.relay_pin)
+    finally:
+        relay.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lock.door",
+                                     description="Force the door relay off (locked) and exit.")
+    parser.add_argument("--off", action="store_true", help="drive the relay pin to its inactive level")
+    parser.add_argument("--config", metavar="PATH", help="config.yaml (default: /etc/lock/config.yaml)")
+    args = parser.parse_args(argv)
+    if not args.off:
+        parser.error("nothing to do: give --off")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.load(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    try:
+        force_off(settings.door)
+    except DoorError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The one place that reads image files.
+
+Whatever the file (JPEG, PNG, GIF, ...; grayscale, palette, CMYK, 16-bit,
+with alpha, rotated by EXIF), :func:`load_image` returns the package's frame
+convention: a uint8 (H, W, 3) RGB array, upright.  Whatever goes wrong, it
+raises :class:`~lock.errors.ImageError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from lock.errors import ImageError
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 40_000_000   # a 40 MP photo is already larger than any phone's
+MIN_SIDE = 32             # smaller cannot hold a face worth matching
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Pillow's own guard agrees with ours: Image.open refuses larger images before
+# decoding a single pixel.  Truncated files must fail, never decode half-grey.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a uint8 (H, W, 3) RGB array, upright.
+
+    Refuses images above :data:`MAX_PIXELS` before decoding them, and images
+    smaller than :data:`MIN_SIDE` on either side.  Alpha is composited on
+    white; 16-bit images are scaled to 8 bits; an animated image gives its
+    first frame.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    if p.is_dir():
+        raise ImageError(f"{p}: is a directory, not an image")
+    if size == 0:
+        raise ImageError(f"{p}: empty file")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(p)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            m = _BOMB_PIXELS.search(str(exc))
+            what = f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "the image"
+            raise ImageError(f"{p}: {what} is larger than the {MAX_PIXELS // 1_000_000} MP limit; "
+                             "use a smaller photo") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{p}: not an image (or a format Pillow cannot read)") from None
+        except OSError as exc:
+            raise ImageError(f"{p}: cannot read it: {exc}") from None
+    with img:
+        return _decode(p, img)
+
+
+def _decode(p: Path, img: Image.Image) -> np.ndarray:
+    fmt = img.format or "image"
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{p}: {w}x{h} pixels is larger than the {MAX_PIXELS // 1_000_000} MP limit; "
+                         "use a smaller photo")
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise ImageError(f"{p}: {w}x{h} pixels is too small (at least {MIN_SIDE}x{MIN_SIDE})")
+    try:
+        img.seek(0)   # the first frame of an animation
+        img.load()
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
+        raise ImageError(f"{p}: truncated or corrupt {fmt} ({exc})") from None
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a broken EXIF block should not reject a good photo
+        log.warning("%s: cannot apply the EXIF orientation (%s); using the image as stored", p, exc)
+        upright = img
+    return _to_rgb(upright)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(img).astype(np.float32)
+        if mode != "F" and a.max(initial=0) > 255:  # 16-bit samples: 0..65535
+            a = a / 257.0
+        gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
+
+
+def iter_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files among ``paths``: files as given, directories walked recursively.
+
+    Files inside directories are kept when their extension is one of
+    :data:`IMAGE_EXTENSIONS`, sorted by path; hidden files are skipped.
+    """
+    out: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            found = (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                     and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            out.extend(sorted(found))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ImageError(f"{p}: no such file or directory")
+    return out
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
+    """A uint8 (H, W, 3) RGB frame as JPEG bytes."""
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) RGB frame, got {frame.dtype} {frame.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()

@@ -1,0 +1,615 @@
+"""MQTT bridge: door events out to Home Assistant, remote commands in.
+
+The only module that imports paho-mqtt (2.x, ``CallbackAPIVersion.VERSION2``;
+see https://eclipse.dev/paho/files/paho.mqtt.python/html/migrations.html).
+The bridge only translates: events from the bus become MQTT messages, MQTT
+commands become calls on a :class:`CommandHandler` (the daemon).
+
+Topics (``<base>`` is ``mqtt.base_topic``)::
+
+    <base>/availability      online / offline, retained (offline is the last will)
+    <base>/lock/state        LOCKED UNLOCKED LOCKING UNLOCKING OPEN JAMMED, retained
+    <base>/lock/set          commands LOCK UNLOCK OPEN (JSON {"action", "code"} when a code is set)
+    <base>/event             JSON Event.public_dict() of door events (HA `event` entity)
+    <base>/face_unlock/state ON / OFF, retained;  <base>/face_unlock/set  ON / OFF
+    <base>/door/state        ON (open) / OFF (closed), retained
+    <base>/last_person       name of the last person recognised, retained
+    <base>/stats             JSON {"fps", "latency_ms"}
+    <base>/unknown_face      JPEG of the last unknown face (only if mqtt.unknown_image)
+
+Delivery: the bus callback only appends to a bounded queue; one sender thread
+hands one message at a time (QoS 1) to paho while connected and removes it
+only once the broker acknowledged it (PUBACK), so events raised while the
+broker is away are delivered in order, with their original time, afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import re
+import ssl
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from lock import __version__, events
+from lock.config import MQTTSettings
+from lock.events import Event, EventBus
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 1024
+LOCK_ACTIONS = ("LOCK", "UNLOCK", "OPEN")
+LOCK_STATES = ("LOCKED", "UNLOCKED", "LOCKING", "UNLOCKING", "OPEN", "OPENING", "JAMMED")
+ONLINE, OFFLINE = "online", "offline"
+
+
+class CommandHandler(Protocol):
+    """What the bridge asks of the daemon when a valid remote command arrives."""
+
+    def unlock(self, source: str) -> None: ...
+
+    def open(self, source: str) -> None: ...
+
+    def lock(self, source: str) -> None: ...
+
+    def set_face_unlock(self, enabled: bool) -> None: ...
+
+
+# --------------------------------------------------------------------------- topics and discovery
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    availability: str
+    lock_state: str
+    lock_command: str
+    event: str
+    switch_state: str
+    switch_command: str
+    door: str
+    last_person: str
+    stats: str
+    image: str
+    ha_status: str
+
+    @classmethod
+    def of(cls, settings: MQTTSettings) -> "Topics":
+        b = settings.base_topic.rstrip("/")
+        return cls(availability=f"{b}/availability", lock_state=f"{b}/lock/state",
+                   lock_command=f"{b}/lock/set", event=f"{b}/event",
+                   switch_state=f"{b}/face_unlock/state", switch_command=f"{b}/face_unlock/set",
+                   door=f"{b}/door/state", last_person=f"{b}/last_person", stats=f"{b}/stats",
+                   image=f"{b}/unknown_face", ha_status=f"{settings.discovery_prefix}/status")
+
+
+def device_id(settings: MQTTSettings) -> str:
+    """Stable id of the device: the same config gives the same Home Assistant device."""
+    raw = f"{settings.client_id}_{settings.base_topic}"
+    return re.sub(r"[^a-zA-Z0-9_-]+", "_", raw).strip("_") or "face_lock"
+
+
+def code_configured(settings: MQTTSettings) -> bool:
+    return bool(settings.code_file or settings.code_env)
+
+
+# Field names follow the Home Assistant MQTT platform pages:
+# https://www.home-assistant.io/integrations/lock.mqtt/ (payload_open enables OPEN; states incl. jammed;
+# command_template gets `value` and `code`), /integrations/event.mqtt/ (JSON with an `event_type` key
+# among `event_types`), /integrations/switch.mqtt/, /integrations/binary_sensor.mqtt/,
+# /integrations/sensor.mqtt/, /integrations/image.mqtt/ (image_topic carries the raw file bytes).
+def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Home Assistant discovery configs: ``[(config topic, payload dict)]``, published retained."""
+    t = Topics.of(settings)
+    dev_id = device_id(settings)
+    device = {"identifiers": [dev_id], "name": settings.device_name, "manufacturer": "face-lock",
+              "model": "Raspberry Pi face unlock", "sw_version": __version__}
+    common = {"device": device, "availability": [
+        {"topic": t.availability, "payload_available": ONLINE, "payload_not_available": OFFLINE}]}
+
+    def entity(component: str, object_id: str, name: str | None, **fields: Any) -> tuple[str, dict[str, Any]]:
+        payload = {"name": name, "unique_id": f"{dev_id}_{object_id}", **common, **fields}
+        return f"{settings.discovery_prefix}/{component}/{dev_id}/{object_id}/config", payload
+
+    lock_fields: dict[str, Any] = dict(
+        command_topic=t.lock_command, state_topic=t.lock_state, qos=1, retain=False, optimistic=False,
+        payload_lock="LOCK", payload_unlock="UNLOCK", payload_open="OPEN",
+        state_locked="LOCKED", state_unlocked="UNLOCKED", state_locking="LOCKING",
+        state_unlocking="UNLOCKING", state_open="OPEN", state_opening="OPENING", state_jammed="JAMMED")
+    if code_configured(settings):
+        lock_fields["code_format"] = "^.+$"
+        # tojson quotes the code safely whatever characters it holds.
+        lock_fields["command_template"] = '{"action": "{{ value }}", "code": {{ code | tojson }}}'
+    messages = [
+        entity("lock", "lock", None, **lock_fields),
+        entity("event", "event", "Door event", state_topic=t.event, event_types=list(events.DOOR_EVENTS)),
+        entity("switch", "face_unlock", "Face unlock", command_topic=t.switch_command, state_topic=t.switch_state,
+               payload_on="ON", payload_off="OFF", qos=1, retain=False, icon="mdi:face-recognition"),
+        entity("sensor", "last_person", "Last person recognized", state_topic=t.last_person,
+               icon="mdi:account"),
+        entity("sensor", "fps", "Camera frame rate", state_topic=t.stats, value_template="{{ value_json.fps }}",
+               unit_of_measurement="fps", state_class="measurement", entity_category="diagnostic"),
+        entity("sensor", "latency", "Recognition latency", state_topic=t.stats,
+               value_template="{{ value_json.latency_ms }}", unit_of_measurement="ms",
+               device_class="duration", state_class="measurement", entity_category="diagnostic"),
+    ]
+    if has_contact:
+        messages.append(entity("binary_sensor", "door", "Door", state_topic=t.door, device_class="door",
+                               payload_on="ON", payload_off="OFF"))
+    if settings.unknown_image:
+        messages.append(entity("image", "unknown_face", "Last unknown face", image_topic=t.image,
+                               content_type="image/jpeg"))
+    return messages
+
+
+# --------------------------------------------------------------------------- secrets and client
+
+def read_password(settings: MQTTSettings) -> str | None:
+    """The broker password from ``password_file`` or else ``password_env``; never from config.yaml."""
+    if settings.password_file:
+        return Path(settings.password_file).read_text(encoding="utf-8").strip()
+    if settings.password_env:
+        return os.environ.get(settings.password_env) or None
+    return None
+
+
+def read_code(settings: MQTTSettings) -> str | None:
+    """The code commands must carry, or None when no code is configured."""
+    if settings.code_file:
+        code = Path(settings.code_file).read_text(encoding="utf-8").strip()
+    elif settings.code_env:
+        code = os.environ.get(settings.code_env, "").strip()
+    else:
+        return None
+    if not code:
+        raise ValueError("the configured code is empty")
+    return code
+
+
+def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
+    """A configured paho client; reads the password and TLS files (raises OSError/ssl.SSLError)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                         protocol=paho.MQTTv311, clean_session=True)
+    if settings.username:
+        client.username_pw_set(settings.username, read_password(settings))
+    tls = settings.tls
+    if tls.enabled:
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                       cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE)
+        if not tls.verify:
+            log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.verify: false)")
+            client.tls_insecure_set(True)
+    if will:
+        client.will_set(Topics.of(settings).availability, OFFLINE, qos=1, retain=True)
+    return client
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        return float(value)  # numpy scalars
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(payload, default=_json_default, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- bridge
+
+@dataclasses.dataclass
+class _Message:
+    topic: str
+    payload: str | bytes
+    retain: bool = False
+    coalesce: bool = False  # a newer message to the same topic replaces this one while queued
+
+
+class _TokenBucket:
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+_NO_CODE = object()  # a code is configured but could not be read: refuse every lock command
+
+
+class MqttBridge:
+    """Publishes bus events to MQTT and turns MQTT commands into handler calls.
+
+    The constructor does no I/O; :meth:`start` connects in the background
+    and the door keeps working whatever the broker does.
+    """
+
+    def __init__(self, settings: MQTTSettings, bus: EventBus, handler: CommandHandler, *,
+                 clock: Callable[[], float] = time.time, has_contact: bool = False) -> None:
+        self.settings = settings
+        self.topics = Topics.of(settings)
+        self._bus = bus
+        self._handler = handler
+        self._clock = clock
+        self._has_contact = has_contact
+        self._client: paho.Client | None = None
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Message] = collections.deque()
+        self._control: collections.deque[_Message] = collections.deque()  # after each connect, sent first
+        self._last_state: dict[str, _Message] = {}  # retained states, re-sent after each connect
+        self._acked: set[int] = set()
+        self._connected = False
+        self._running = False
+        self._closing = False
+        self._last_error: str | None = None
+        self._dropped = 0
+        self._sender: threading.Thread | None = None
+        self._bucket = _TokenBucket(settings.commands_per_minute)
+        self._code: Any = None
+
+    # -- public state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the queue was full (oldest first)."""
+        return self._dropped
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    # -- life cycle
+
+    def start(self) -> None:
+        """Subscribe to the bus and connect in the background; never raises for broker trouble."""
+        if self._running:
+            return
+        try:
+            self._code = read_code(self.settings)
+        except (OSError, ValueError) as exc:
+            log.error("MQTT: cannot read the command code (mqtt.code_file / mqtt.code_env): %s; "
+                      "remote lock commands will all be refused until this is fixed", exc)
+            self._code = _NO_CODE
+        self._running = True
+        self._closing = False
+        self._bus.subscribe(self.on_event)
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        try:
+            client = _make_client(self.settings, will=True)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            self._fail(f"cannot set up the MQTT client (password file or TLS files): {exc}")
+            return
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.reconnect_delay_set(1, self.settings.retry_max_seconds)
+        self._client = client
+        log.info("MQTT: connecting to %s:%d in the background", self.settings.host, self.settings.port)
+        client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive)
+        client.loop_start()
+
+    def stop(self, flush_seconds: float = 2.0) -> None:
+        """Send what is queued (for up to ``flush_seconds``), publish ``offline`` and disconnect."""
+        if not self._running:
+            return
+        self._bus.unsubscribe(self.on_event)
+        deadline = time.monotonic() + flush_seconds
+        with self._cond:
+            while self._connected and (self._queue or self._control) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            self._running = False
+            self._closing = True
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=flush_seconds + 2)
+        client = self._client
+        if client is not None:
+            if self._connected:
+                info = client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+                try:
+                    info.wait_for_publish(timeout=2.0)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+            client.loop_stop()
+        self._connected = False
+        log.info("MQTT: stopped")
+
+    # -- events out (bus thread: never block)
+
+    def on_event(self, event: Event) -> None:
+        """Bus subscriber: translate and queue, nothing more."""
+        t = self.topics
+        kind = event.kind
+        if kind in events.DOOR_EVENTS:
+            self._enqueue(_Message(t.event, _dumps(event.public_dict(self.settings.publish_scores))))
+            if kind == events.RECOGNIZED and event.person:
+                self._enqueue(_Message(t.last_person, event.person, retain=True, coalesce=True))
+        elif kind == events.LOCK_STATE:
+            state = str(event.detail.get("state", "")).upper()
+            if state in LOCK_STATES:
+                self._enqueue(_Message(t.lock_state, state, retain=True, coalesce=True))
+            else:
+                log.warning("MQTT: lock_state event with unknown state %r not sent", state)
+        elif kind == events.DOOR_CONTACT:
+            self._enqueue(_Message(t.door, "ON" if event.detail.get("open") else "OFF", retain=True, coalesce=True))
+        elif kind == events.FACE_UNLOCK:
+            self._enqueue(_Message(t.switch_state, "ON" if event.detail.get("enabled") else "OFF",
+                                   retain=True, coalesce=True))
+        elif kind == events.STATS:
+            stats = {k: event.detail[k] for k in ("fps", "latency_ms") if k in event.detail}
+            self._enqueue(_Message(t.stats, _dumps({**stats, "time": event.time}), coalesce=True))
+        elif kind == events.UNKNOWN_FACE_IMAGE:
+            jpeg = event.detail.get("jpeg")
+            if self.settings.unknown_image and isinstance(jpeg, (bytes, bytearray)):
+                self._enqueue(_Message(t.image, bytes(jpeg), coalesce=True))
+
+    def _enqueue(self, msg: _Message) -> None:
+        with self._cond:
+            if msg.retain:
+                self._last_state[msg.topic] = msg
+            if msg.coalesce:
+                stale = [m for m in self._queue if m.topic == msg.topic]
+                for m in stale:
+                    self._queue.remove(m)
+            if len(self._queue) >= self.settings.queue_size:
+                self._queue.popleft()
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 100 == 0:
+                    log.warning("MQTT: queue full (%d messages), oldest dropped; %d dropped so far",
+                                self.settings.queue_size, self._dropped)
+            self._queue.append(msg)
+            self._cond.notify_all()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not (self._connected and (self._control or self._queue)):
+                    self._cond.wait(0.5)
+                if self._closing:
+                    return
+                msg = self._control.popleft() if self._control else self._queue.popleft()
+                self._acked.clear()
+            if not self._deliver(msg):
+                with self._cond:  # not handed over: put it back at the front, keep the order
+                    self._queue.appendleft(msg)
+                time.sleep(0.2)
+
+    def _deliver(self, msg: _Message) -> bool:
+        """Hand one message to paho and wait for its PUBACK; False if paho did not take it."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
+        # NO_CONN: paho keeps a QoS 1 message and sends it after the reconnect, so it is taken too.
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.error("MQTT: cannot publish to %s: %s; message dropped", msg.topic, paho.error_string(info.rc))
+            return True
+        with self._cond:
+            while info.mid not in self._acked and not self._closing:
+                self._cond.wait(0.5)
+            self._acked.discard(info.mid)
+            self._cond.notify_all()
+        return True
+
+    # -- paho callbacks (network thread)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cond:
+            self._acked.add(mid)
+            self._cond.notify_all()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._connected = False
+            # Not a tight loop: paho's next try waits refused_retry_seconds (reconnect_delay_set resets the wait).
+            client.reconnect_delay_set(self.settings.refused_retry_seconds, self.settings.refused_retry_seconds)
+            self._fail(f"broker {self.settings.host}:{self.settings.port} refused the connection: "
+                       f"{reason_code} (reason code {reason_code.value}); check mqtt.username and the password, "
+                       f"and the broker's ACL; next try in {self.settings.refused_retry_seconds} s")
+            return
+        client.reconnect_delay_set(1, self.settings.retry_max_seconds)
+        self._last_error = None
+        client.subscribe([(self.topics.lock_command, 1), (self.topics.switch_command, 1),
+                          (self.topics.ha_status, 1)])
+        with self._cond:
+            self._control.clear()
+            self._control.append(_Message(self.topics.availability, ONLINE, retain=True))
+            self._control.extend(self._discovery())
+            self._control.extend(self._last_state.values())
+            self._connected = True
+            self._cond.notify_all()
+        log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+
+    def _discovery(self) -> list[_Message]:
+        return [_Message(topic, _dumps(payload), retain=True)
+                for topic, payload in discovery_messages(self.settings, self._has_contact)]
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this inside its `except OSError`, so the cause is still at hand.
+        exc = sys.exc_info()[1]
+        self._connected = False
+        if isinstance(exc, ssl.SSLError):
+            client.reconnect_delay_set(self.settings.refused_retry_seconds, self.settings.refused_retry_seconds)
+            self._fail(f"TLS with {self.settings.host}:{self.settings.port} failed: {exc}; check mqtt.tls "
+                       f"(ca_file, cert_file, key_file); next try in {self.settings.refused_retry_seconds} s")
+        else:
+            msg = f"cannot reach the broker at {self.settings.host}:{self.settings.port}: {exc or 'connect failed'}"
+            if msg != self._last_error:
+                log.warning("MQTT: %s; retrying with backoff (events are kept meanwhile)", msg)
+            self._last_error = msg
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected
+        with self._cond:
+            self._connected = False
+            self._cond.notify_all()
+        if was:
+            if not self._closing:
+                self._last_error = f"connection lost: {reason_code}"
+                log.warning("MQTT: connection to %s:%d lost (%s); reconnecting, events are kept",
+                            self.settings.host, self.settings.port, reason_code)
+
+    def _fail(self, message: str) -> None:
+        if message != self._last_error:
+            log.error("MQTT: %s", message)
+        self._last_error = message
+
+    # -- commands in (network thread: never raise)
+
+    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        try:
+            self._handle_message(message)
+        except Exception:  # a bad message must never take the network thread down
+            log.exception("MQTT: error handling a message on %s", getattr(message, "topic", "?"))
+
+    def _handle_message(self, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        if topic == self.topics.ha_status:
+            if message.payload == ONLINE.encode():
+                log.info("MQTT: Home Assistant is online, sending discovery again")
+                with self._cond:
+                    self._control.extend(self._discovery())
+                    self._control.extend(self._last_state.values())
+                    self._cond.notify_all()
+            return
+        if topic not in (self.topics.lock_command, self.topics.switch_command):
+            return
+        if message.retain:
+            log.warning("MQTT: ignored a retained command on %s (commands must never be retained)", topic)
+            return
+        if len(message.payload) > MAX_COMMAND_BYTES:
+            log.warning("MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,
+                        MAX_COMMAND_BYTES)
+            return
+        if not self._bucket.take():
+            log.warning("MQTT: command on %s dropped: more than %d commands a minute", topic,
+                        self.settings.commands_per_minute)
+            return
+        try:
+            text = message.payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            log.warning("MQTT: ignored a command on %s that is not UTF-8 text", topic)
+            return
+        action, code = _parse_command(text)
+        if action is None:
+            log.warning("MQTT: ignored an unreadable command on %s", topic)
+            return
+        if topic == self.topics.switch_command:
+            if action not in ("ON", "OFF"):
+                log.warning("MQTT: ignored unknown face unlock command %r", action[:20])
+                return
+            log.info("MQTT: face unlock %s asked remotely", action)
+            self._handler.set_face_unlock(action == "ON")
+            return
+        if action not in LOCK_ACTIONS:
+            log.warning("MQTT: ignored unknown lock command %r", action[:20])
+            return
+        if not self._code_ok(code):
+            log.warning("MQTT: %s refused: wrong or missing code", action)
+            self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="bad_code", source="mqtt",
+                                        action=action.lower()))
+            return
+        log.info("MQTT: %s asked remotely", action)
+        if action == "UNLOCK":
+            self._handler.unlock("mqtt")
+        elif action == "OPEN":
+            self._handler.open("mqtt")
+        else:
+            self._handler.lock("mqtt")
+
+    def _code_ok(self, given: str | None) -> bool:
+        if self._code is None:
+            return True
+        if self._code is _NO_CODE or given is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8"), str(self._code).encode("utf-8"))
+
+
+def _parse_command(text: str) -> tuple[str | None, str | None]:
+    """``'UNLOCK'`` or ``'{"action": "UNLOCK", "code": "1234"}'`` → (action, code)."""
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None, None
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            return None, None
+        code = data.get("code")
+        if code is not None and not isinstance(code, str):
+            code = str(code) if isinstance(code, int) and not isinstance(code, bool) else None
+        return data["action"].strip().upper(), (code or None)
+    if not text or len(text) > 20 or not text.isprintable():
+        return None, None
+    return text.upper(), None
+
+
+# --------------------------------------------------------------------------- lock mqtt-test
+
+def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
+    """Connect once with these settings and say plainly whether it worked, and why not."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        client = _make_client(settings, will=False)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        return False, f"cannot set up the client (password file or TLS files): {exc}"
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        result["rc"] = reason_code
+        done.set()
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        result.setdefault("rc", reason_code)
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+    except ssl.SSLError as exc:
+        return False, f"TLS with {where} failed: {exc} (check mqtt.tls: ca_file, cert_file, key_file)"
+    except OSError as exc:
+        return False, f"cannot reach the broker at {where}: {exc} (is it running? are mqtt.host and mqtt.port right?)"
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            return False, f"{where} accepted the connection but did not answer within {timeout:g} s"
+        rc = result["rc"]
+        if rc.is_failure:
+            return False, f"{where} refused the connection: {rc} (check mqtt.username, the password and ACLs)"
+        who = f" as {settings.username}" if settings.username else ""
+        return True, f"connected to {where}{who}" + (" with TLS" if settings.tls.enabled else "")
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,250 @@
+"""MTCNN face detection (Zhang et al. 2016) around int8 TFLite networks.
+
+Three stages, each a small recipe over pure numpy helpers:
+
+1. P-Net slides a 12x12 window (stride 2) over an image pyramid and proposes
+   boxes; NMS within each scale, then across scales; box regression; square.
+2. R-Net rescores 24x24 crops of the proposals (batched); NMS; regression.
+3. O-Net rescores 48x48 crops (batched) and gives five landmarks; regression;
+   NMS by the smaller box ("min"), which removes a box inside another.
+
+Boxes are (x1, y1, x2, y2) floats in frame pixels; landmarks (5, 2) (x, y).
+No face gives arrays of length 0, never ``None``.
+
+The interpreters are made once per frame size (one per pyramid scale, one per
+batch bucket for R-Net and O-Net): nothing is re-allocated per frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import cv2
+import numpy as np
+
+from lock.vision.runtime import Net, Runtime
+
+log = logging.getLogger(__name__)
+
+PNET, RNET, ONET = "pnet.tflite", "rnet.tflite", "onet.tflite"
+PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the normalisation MTCNN was trained with
+STRIDE, CELL = 2, 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+    """Detections in one frame: boxes (N, 4), scores (N,), landmarks (N, 5, 2), float32."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Faces":
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, idx: np.ndarray | list[int]) -> "Faces":
+        return Faces(self.boxes[idx], self.scores[idx], self.landmarks[idx])
+
+
+# --- pure helpers -----------------------------------------------------------
+
+def pyramid_scales(height: int, width: int, min_face: int, factor: float) -> list[float]:
+    """Scales at which a face of ``min_face`` px (and larger) fills P-Net's 12 px window."""
+    m = CELL / float(min_face)
+    side = min(height, width) * m
+    scales = []
+    while side >= CELL:
+        scales.append(m * factor ** len(scales))
+        side *= factor
+    return scales
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first.
+
+    ``mode="union"`` uses IoU; ``"min"`` divides the overlap by the smaller box.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
+        overlap = inter / np.maximum(denom, 1e-9)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, np.int64)
+
+
+def window_boxes(prob: np.ndarray, reg: np.ndarray, scale: float, threshold: float):
+    """P-Net's map (h, w) → candidate windows in frame pixels, their scores and regressions."""
+    ys, xs = np.nonzero(prob >= threshold)
+    if ys.size == 0:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 4), np.float32)
+    x1 = (STRIDE * xs) / scale
+    y1 = (STRIDE * ys) / scale
+    side = CELL / scale
+    boxes = np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
+    return boxes, prob[ys, xs].astype(np.float32), reg[ys, xs].astype(np.float32)
+
+
+def regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply (dx1, dy1, dx2, dy2) offsets, given as fractions of the box size."""
+    wh = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+    return (boxes + reg * wh).astype(np.float32)
+
+
+def square(boxes: np.ndarray) -> np.ndarray:
+    """The square with the box's centre and its longer side."""
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = np.max(boxes[:, 2:] - boxes[:, :2], axis=1, keepdims=True) / 2
+    return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+
+
+def crops(frame: np.ndarray, boxes: np.ndarray, size: int, lut: np.ndarray, out: np.ndarray) -> None:
+    """Cut each box out of the frame (zeros outside it), resize to size², quantise into ``out``."""
+    h, w = frame.shape[:2]
+    for k, (x1, y1, x2, y2) in enumerate(np.rint(boxes).astype(np.int64)):
+        bw, bh = max(int(x2 - x1), 1), max(int(y2 - y1), 1)
+        patch = np.zeros((bh, bw, 3), np.uint8)
+        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+        if sx2 > sx1 and sy2 > sy1:
+            patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+        interp = cv2.INTER_AREA if bw > size else cv2.INTER_LINEAR
+        out[k] = lut[cv2.resize(patch, (size, size), interpolation=interp)]
+
+
+# --- the networks -----------------------------------------------------------
+
+class BatchedNet:
+    """R-Net or O-Net with interpreters for a few fixed batch sizes.
+
+    Candidates run in chunks of the largest bucket; the last chunk is padded up
+    to the smallest bucket that holds it, so no interpreter is ever resized.
+    """
+
+    def __init__(self, runtime: Runtime, filename: str, size: int, buckets: tuple[int, ...]) -> None:
+        self.size = size
+        self.nets = {b: Net(runtime.interpreter(filename, (b, size, size, 3))) for b in buckets}
+        self.buckets = sorted(buckets)
+        self.lut = next(iter(self.nets.values())).input_quant.pixel_lut(PIXEL_MEAN, PIXEL_SCALE)
+        dtype = next(iter(self.nets.values())).input_quant.dtype
+        self._inputs = {b: np.zeros((b, size, size, 3), dtype) for b in buckets}
+
+    def run(self, frame: np.ndarray, boxes: np.ndarray) -> dict[int, np.ndarray]:
+        n = len(boxes)
+        results: list[dict[int, np.ndarray]] = []
+        start = 0
+        while start < n:
+            left = n - start
+            b = next((b for b in self.buckets if b >= left), self.buckets[-1])
+            take = min(b, left)
+            x = self._inputs[b]
+            crops(frame, boxes[start:start + take], self.size, self.lut, x)
+            out = self.nets[b].run(x)
+            results.append({k: v[:take] for k, v in out.items()})
+            start += take
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+class Detector:
+    """The cascade.  ``open()`` loads the nets; :meth:`detect` finds faces in a frame.
+
+    Settings: ``min_face`` (px), ``scale_factor`` of the pyramid, ``thresholds``
+    of the three stages.
+    """
+
+    def __init__(self, runtime: Runtime, *, min_face: int = 80, scale_factor: float = 0.709,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)) -> None:
+        self.runtime = runtime
+        self.min_face = min_face
+        self.scale_factor = scale_factor
+        self.thresholds = thresholds
+        self._pnets: dict[tuple[int, int], list[tuple[float, tuple[int, int], Net]]] = {}
+        self._pnet_lut: np.ndarray | None = None
+        self._rnet: BatchedNet | None = None
+        self._onet: BatchedNet | None = None
+
+    def open(self, frame_size: tuple[int, int] | None = None) -> "Detector":
+        """Load R-Net and O-Net; with ``frame_size`` (h, w), also P-Net for each scale."""
+        self._rnet = BatchedNet(self.runtime, RNET, 24, (1, 8, 32))
+        self._onet = BatchedNet(self.runtime, ONET, 48, (1, 4, 16))
+        if frame_size is not None:
+            self._pyramid(*frame_size)
+        return self
+
+    def _pyramid(self, h: int, w: int) -> list[tuple[float, tuple[int, int], Net]]:
+        key = (h, w)
+        if key not in self._pnets:
+            levels = []
+            for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
+                hs, ws = int(math.ceil(h * s)), int(math.ceil(w * s))
+                net = Net(self.runtime.interpreter(PNET, (1, hs, ws, 3)))
+                levels.append((s, (hs, ws), net))
+            if levels and self._pnet_lut is None:
+                self._pnet_lut = levels[0][2].input_quant.pixel_lut(PIXEL_MEAN, PIXEL_SCALE)
+            if len(self._pnets) >= 4:  # frames of many sizes (enrolling from files): keep a few
+                self._pnets.pop(next(iter(self._pnets)))
+            self._pnets[key] = levels
+        return self._pnets[key]
+
+    def propose(self, frame: np.ndarray) -> np.ndarray:
+        """Stage 1: P-Net over the pyramid → square candidate boxes (K, 4)."""
+        h, w = frame.shape[:2]
+        all_boxes, all_scores, all_reg = [], [], []
+        for scale, (hs, ws), net in self._pyramid(h, w):
+            small = cv2.resize(frame, (ws, hs), interpolation=cv2.INTER_AREA)
+            out = net.run(self._pnet_lut[small][None])
+            boxes, scores, reg = window_boxes(out[2][0, :, :, 1], out[4][0], scale, self.thresholds[0])
+            keep = nms(boxes, scores, 0.5)
+            all_boxes.append(boxes[keep]); all_scores.append(scores[keep]); all_reg.append(reg[keep])
+        if not all_boxes:
+            return np.zeros((0, 4), np.float32)
+        boxes, scores, reg = (np.concatenate(a) for a in (all_boxes, all_scores, all_reg))
+        keep = nms(boxes, scores, 0.7)
+        return square(regress(boxes[keep], reg[keep]))
+
+    def refine(self, frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Stage 2: R-Net rescoring → square boxes (K, 4)."""
+        if len(boxes) == 0:
+            return boxes
+        out = self._rnet.run(frame, boxes)
+        scores = out[2][:, 1]
+        ok = scores >= self.thresholds[1]
+        boxes, scores, reg = boxes[ok], scores[ok], out[4][ok]
+        keep = nms(boxes, scores, 0.7)
+        return square(regress(boxes[keep], reg[keep]))
+
+    def output(self, frame: np.ndarray, boxes: np.ndarray) -> Faces:
+        """Stage 3: O-Net rescoring and landmarks → final faces."""
+        if len(boxes) == 0:
+            return Faces.empty()
+        out = self._onet.run(frame, boxes)
+        scores = out[2][:, 1]
+        ok = scores >= self.thresholds[2]
+        boxes, scores, reg, pts = boxes[ok], scores[ok], out[4][ok], out[10][ok]
+        wh = boxes[:, 2:] - boxes[:, :2]
+        lm = np.stack([boxes[:, None, 0] + pts[:, :5] * wh[:, None, 0],
+                       boxes[:, None, 1] + pts[:, 5:] * wh[:, None, 1]], axis=2)
+        boxes = regress(boxes, reg)
+        keep = nms(boxes, scores, 0.7, mode="min")
+        return Faces(boxes[keep], scores[keep].astype(np.float32), lm[keep].astype(np.float32))
+
+    def detect(self, frame: np.ndarray) -> Faces:
+        """All faces of at least ``min_face`` px in an RGB uint8 frame (H, W, 3)."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 HxWx3 RGB, got {frame.dtype} {frame.shape}")
+        return self.output(frame, self.refine(frame, self.propose(frame)))

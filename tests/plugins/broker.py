@@ -1,0 +1,230 @@
+"""pytest plugin: a real mosquitto on 127.0.0.1 and a client that collects messages.
+
+Fixtures:
+
+* ``mqtt_broker``          an anonymous broker on a free port (stop()/start() keep the port);
+* ``mqtt_broker_factory``  ``factory(users={"name": "password"})`` for a broker that requires a login;
+* ``mqtt_subscriber``      ``factory(broker, topics="#")`` → :class:`Collector` (subscribed, ready).
+
+Nothing here talks to anything but the brokers it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def _mosquitto() -> str:
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if path is None:
+        pytest.fail("mosquitto is not installed: run `apt-get install mosquitto` (Debian package)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A mosquitto process with its own config in ``directory``."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, directory: Path, users: dict[str, str] | None = None) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.users = dict(users or {})
+        self.log_file = directory / "mosquitto.log"
+        self.conf = directory / "mosquitto.conf"
+        lines = [f"listener {self.port} {self.host}", "persistence false",
+                 f"log_dest file {self.log_file}", "log_type all"]
+        if os.geteuid() == 0:  # mosquitto drops to user "mosquitto" otherwise and cannot read tmp files
+            lines.append(f"user {pwd.getpwuid(0).pw_name}")
+        if self.users:
+            passwd = directory / "passwd"
+            passwd.touch(mode=0o600)
+            tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+            for name, password in self.users.items():
+                subprocess.run([tool, "-b", str(passwd), name, password], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 5.0) -> None:
+        if self.running:
+            return
+        self._proc = subprocess.Popen([_mosquitto(), "-c", str(self.conf)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        err = self._proc.stderr.read().decode(errors="replace") if self._proc.poll() is not None else ""
+        self.stop()
+        log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        pytest.fail(f"mosquitto did not start on port {self.port}:\n{err}\n{log[-2000:]}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def settings(self, **overrides: Any):
+        """MQTTSettings pointing at this broker."""
+        from lock.config import MQTTSettings
+        values = {"enabled": True, "host": self.host, "port": self.port, "password_env": None}
+        values.update(overrides)
+        return MQTTSettings(**values)
+
+
+class Collector:
+    """A paho client that records every message it receives: ``(topic, payload bytes, retain)``."""
+
+    def __init__(self, broker: Broker, topics: str | Iterable[str] = "#", *,
+                 username: str | None = None, password: str | None = None) -> None:
+        self.broker = broker
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-collector-{id(self)}")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.reconnect_delay_set(1, 2)
+
+    def start(self, timeout: float = 5.0) -> "Collector":
+        self.client.connect_async(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            raise AssertionError(f"collector could not subscribe on {self.broker.host}:{self.broker.port}")
+        return self
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._cond:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+            self._cond.notify_all()
+
+    # -- reading
+
+    def on(self, topic: str) -> list[tuple[str, bytes, bool]]:
+        with self._cond:
+            return [m for m in self.messages if m[0] == topic]
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [m[1] for m in self.on(topic)]
+
+    def json(self, topic: str) -> list[Any]:
+        return [json.loads(p) for p in self.payloads(topic)]
+
+    def wait_for(self, predicate: Callable[["Collector"], bool] | str, count: int = 1,
+                 timeout: float = 10.0) -> list[tuple[str, bytes, bool]]:
+        """Wait until ``count`` messages arrived on a topic (or a predicate holds); return them."""
+        if isinstance(predicate, str):
+            topic = predicate
+
+            def predicate(c: "Collector") -> bool:
+                return len(c.on(topic)) >= count
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                with_lock_released = None
+                self._cond.release()
+                try:
+                    with_lock_released = predicate(self)
+                finally:
+                    self._cond.acquire()
+                if with_lock_released:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    got = sorted({m[0] for m in self.messages})
+                    raise AssertionError(f"timed out after {timeout:g} s; topics seen: {got}")
+                self._cond.wait(min(remaining, 0.1))
+        return self.on(topic) if isinstance(topic := getattr(predicate, "_topic", None), str) else list(self.messages)
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout=5)
+
+
+@pytest.fixture
+def mqtt_broker_factory(tmp_path_factory):
+    brokers: list[Broker] = []
+
+    def make(users: dict[str, str] | None = None) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def mqtt_broker(mqtt_broker_factory) -> Broker:
+    return mqtt_broker_factory()
+
+
+@pytest.fixture
+def mqtt_subscriber():
+    collectors: list[Collector] = []
+
+    def make(broker: Broker, topics: str | Iterable[str] = "#", **login: Any) -> Collector:
+        collector = Collector(broker, topics, **login).start()
+        collectors.append(collector)
+        return collector
+
+    yield make
+    for collector in collectors:
+        collector.close()

@@ -1,0 +1,276 @@
+"""The unlock decision: tracks, votes, unknowns, lockout and schedules, on a fake clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from lock.config import DecideSettings, MatchSettings
+from lock.decide import Decider, Match, iou
+from lock.schedule import Schedule
+
+BOX = np.array([[100, 100, 200, 220]], dtype=np.float32)
+FAR_BOX = np.array([[400, 100, 500, 220]], dtype=np.float32)
+MATCH = MatchSettings(threshold=0.6, margin=0.05)
+ALICE = Match("alice", 0.8, "bob", 0.3)
+BOB = Match("bob", 0.8, "alice", 0.3)
+STRANGER = Match("alice", 0.2, "bob", 0.1)
+
+
+def settings(**kw) -> DecideSettings:
+    base = dict(votes=2, window_seconds=3.0, unknown_after=4, track_iou=0.3, track_timeout_seconds=1.5,
+                lockout_after=3, lockout_window_seconds=120.0, lockout_seconds=60.0,
+                lockout_max_seconds=600.0)
+    base.update(kw)
+    return DecideSettings(**base)
+
+
+def make(schedules=lambda name: None, local_time=lambda: dt.datetime(2024, 5, 6, 12, 0), **kw) -> Decider:
+    # The default clock raises, so a test that forgets to pass `now` fails.
+    return Decider(settings(**kw), MATCH, schedules=schedules, clock=lambda: pytest.fail("clock used"),
+                   wall=lambda: 1_700_000_000.0, local_time=local_time)
+
+
+def feed(d: Decider, matches, *, start=0.0, step=0.1, box=BOX):
+    """One face per frame, one track; returns (track ids, all events)."""
+    ids, events = [], []
+    for k, m in enumerate(matches):
+        now = start + k * step
+        (tid,) = d.observe(box, now)
+        ids.append(tid)
+        if d.needs_embedding(tid):
+            events += d.vote(tid, m, now)
+    return ids, events
+
+
+def kinds(events):
+    return [e.kind for e in events]
+
+
+def unknown_track(d: Decider, now: float, box=BOX) -> list:
+    """A whole unknown track starting at `now` (and a fresh box so it is a new track)."""
+    d.observe(np.empty((0, 4)), now + 100)  # let earlier tracks time out
+    _, events = feed(d, [STRANGER] * 4, start=now + 100, box=box)
+    return events
+
+
+# -- votes -----------------------------------------------------------------------
+
+def test_two_agreeing_votes_unlock_once():
+    d = make()
+    ids, events = feed(d, [ALICE, ALICE, ALICE])
+    assert kinds(events) == ["recognized"]
+    assert events[0].person == "alice"
+    assert events[0].private["score"] == pytest.approx(0.8)
+    assert events[0].time == 1_700_000_000.0
+    assert len(set(ids)) == 1
+
+
+def test_one_vote_is_not_enough():
+    _, events = feed(make(), [ALICE])
+    assert events == []
+
+
+def test_votes_outside_the_window_do_not_count():
+    d = make(unknown_after=10, track_timeout_seconds=10.0)
+    _, events = feed(d, [ALICE, ALICE], step=3.5)   # 3.5 s apart, window 3 s
+    assert events == []
+    _, events = feed(d, [ALICE], start=6.0)         # 2.5 s after the last one
+    assert kinds(events) == ["recognized"]
+
+
+def test_close_runner_up_gives_no_vote():
+    _, events = feed(make(), [Match("alice", 0.8, "bob", 0.78)] * 3)
+    assert "recognized" not in kinds(events)
+
+
+def test_below_threshold_gives_no_vote():
+    _, events = feed(make(), [Match("alice", 0.59, None, -1.0)] * 3)
+    assert "recognized" not in kinds(events)
+
+
+def test_score_exactly_at_threshold_votes():
+    _, events = feed(make(), [Match("alice", 0.6, None, -1.0)] * 2)
+    assert kinds(events) == ["recognized"]
+
+
+def test_conflicting_votes_never_unlock_and_end_unknown():
+    _, events = feed(make(), [ALICE, BOB, ALICE, ALICE])
+    assert kinds(events) == ["unknown"]
+    assert events[0].private["conflicted"] is True
+
+
+def test_unknown_raised_exactly_once_per_track():
+    d = make()
+    ids, events = feed(d, [STRANGER] * 10)
+    assert kinds(events) == ["unknown"]
+    assert "score" not in events[0].detail  # scores stay private
+    assert events[0].detail["frames"] == 4
+    assert d.vote(ids[-1], STRANGER, 1.5) == []
+
+
+def test_faces_failing_the_quality_gate_count_for_nothing():
+    _, events = feed(make(), [None] * 10)
+    assert events == []
+
+
+def test_empty_gallery_counts_towards_unknown():
+    _, events = feed(make(), [Match(None, 0.0)] * 4)
+    assert kinds(events) == ["unknown"]
+
+
+def test_needs_embedding_goes_false_after_a_decision():
+    d = make()
+    (tid,) = d.observe(BOX, 0.0)
+    assert d.needs_embedding(tid)
+    d.vote(tid, ALICE, 0.0)
+    assert d.needs_embedding(tid)
+    assert kinds(d.vote(tid, ALICE, 0.1)) == ["recognized"]
+    assert not d.needs_embedding(tid)
+    assert d.vote(tid, ALICE, 0.2) == []
+
+
+# -- tracks ----------------------------------------------------------------------
+
+def test_tracks_follow_overlapping_boxes_and_split_distant_ones():
+    d = make()
+    (a,) = d.observe(BOX, 0.0)
+    moved = BOX + np.array([10, 5, 10, 5], dtype=np.float32)
+    b, c = d.observe(np.concatenate([FAR_BOX, moved]), 0.1)
+    assert c == a and b != a
+
+
+def test_greedy_assignment_prefers_the_best_overlap():
+    d = make()
+    a, b = d.observe(np.array([[0, 0, 100, 100], [60, 0, 160, 100]], dtype=np.float32), 0.0)
+    # One box now sits mostly on track b: it must join b, not a, even though it also overlaps a.
+    (c,) = d.observe(np.array([[50, 0, 150, 100]], dtype=np.float32), 0.1)
+    assert c == b
+
+
+def test_tracks_end_after_the_timeout():
+    d = make(track_timeout_seconds=1.5)
+    (a,) = d.observe(BOX, 0.0)
+    assert d.observe(BOX, 1.4) == [a]
+    assert d.observe(BOX, 3.0) != [a]
+    assert not d.needs_embedding(a)
+
+
+def test_no_boxes_gives_no_ids():
+    assert make().observe(np.empty((0, 4), dtype=np.float32), 0.0) == []
+
+
+def test_iou():
+    a = np.array([[0, 0, 10, 10]])
+    assert iou(a, np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])) == pytest.approx(
+        np.array([[1.0, 1 / 3, 0.0]]))
+
+
+# -- lockout ---------------------------------------------------------------------
+
+def test_lockout_engages_after_k_unknown_tracks():
+    d = make(lockout_after=3)
+    for k in range(2):
+        assert "lockout" not in kinds(unknown_track(d, k * 10.0))
+    assert not d.locked_out(120.0)
+    events = unknown_track(d, 20.0)   # third unknown, at about t = 120.3
+    assert kinds(events) == ["unknown", "lockout"]
+    assert events[1].detail["seconds"] == 60.0
+    assert d.locked_out(130.0) and d.lockout_remaining(130.0) == pytest.approx(50.3)
+    assert not d.locked_out(181.0)
+
+
+def test_unknowns_outside_the_lockout_window_do_not_count():
+    d = make(lockout_after=2, lockout_window_seconds=120.0)
+    unknown_track(d, 0.0)
+    assert "lockout" not in kinds(unknown_track(d, 200.0))
+    assert "lockout" in kinds(unknown_track(d, 250.0))
+
+
+def test_denied_while_locked_out():
+    d = make(lockout_after=1)
+    assert "lockout" in kinds(unknown_track(d, 0.0))
+    d.observe(np.empty((0, 4)), 110.0)
+    _, events = feed(d, [ALICE, ALICE], start=110.0)
+    assert kinds(events) == ["denied"]
+    assert events[0].detail["reason"] == "lockout" and events[0].person == "alice"
+    _, events = feed(d, [ALICE, ALICE], start=200.0, box=FAR_BOX)  # lockout over
+    assert kinds(events) == ["recognized"]
+
+
+def lockout_lengths(d: Decider, starts) -> list[float]:
+    out = []
+    for t in starts:
+        out += [e.detail["seconds"] for e in unknown_track(d, t) if e.kind == "lockout"]
+    return out
+
+
+def test_lockout_doubles_and_caps():
+    d = make(lockout_after=1, lockout_seconds=60.0, lockout_max_seconds=200.0)
+    assert lockout_lengths(d, [0, 100, 200, 300, 400]) == [60.0, 120.0, 200.0, 200.0, 200.0]
+
+
+def test_lockout_doubling_resets_after_a_successful_unlock():
+    d = make(lockout_after=1, lockout_seconds=60.0, lockout_max_seconds=1000.0)
+    assert lockout_lengths(d, [0, 100]) == [60.0, 120.0]
+    _, events = feed(d, [ALICE, ALICE], start=400.0, box=FAR_BOX)
+    assert kinds(events) == ["recognized"]
+    assert lockout_lengths(d, [400]) == [60.0]
+
+
+def test_lockout_doubling_resets_after_a_quiet_period():
+    d = make(lockout_after=1, lockout_seconds=60.0, lockout_max_seconds=500.0)
+    assert lockout_lengths(d, [0, 100]) == [60.0, 120.0]   # second ends about t = 320
+    assert d.status(400.0)["lockout_level"] == 2
+    assert lockout_lengths(d, [300]) == [240.0]            # 80 s after: still doubling
+    assert lockout_lengths(d, [1300]) == [60.0]            # quiet for over 500 s: back to base
+    assert d.status(1500.0)["lockout_level"] == 1
+
+
+def test_status_reports_tracks_and_lockout():
+    d = make(lockout_after=1)
+    unknown_track(d, 0.0)
+    (tid,) = d.observe(FAR_BOX, 101.0)
+    d.vote(tid, ALICE, 101.0)
+    st = d.status(101.0)
+    assert st["locked_out"] is True and st["lockout_remaining_seconds"] == pytest.approx(59.3)
+    by_id = {t["id"]: t for t in st["tracks"]}
+    assert by_id[tid]["votes"] == {"alice": 1} and by_id[tid]["decision"] is None
+    assert "score" not in str(st)
+
+
+# -- schedules -------------------------------------------------------------------
+
+WEEKDAYS = Schedule.parse("mon-fri", "07:00-19:00")
+NIGHTS = Schedule.parse("fri", "22:00-06:00")
+MONDAY_NOON = dt.datetime(2024, 5, 6, 12, 0)   # 2024-05-06 is a Monday
+
+
+@pytest.mark.parametrize("schedule, when, expected", [
+    (None, dt.datetime(2024, 5, 5, 3, 0), "recognized"),
+    (WEEKDAYS, MONDAY_NOON, "recognized"),
+    (WEEKDAYS, dt.datetime(2024, 5, 6, 19, 30), "denied"),
+    (WEEKDAYS, dt.datetime(2024, 5, 5, 12, 0), "denied"),       # Sunday
+    (NIGHTS, dt.datetime(2024, 5, 10, 23, 0), "recognized"),    # Friday night
+    (NIGHTS, dt.datetime(2024, 5, 11, 5, 0), "recognized"),     # Saturday early, still Friday's range
+    (NIGHTS, dt.datetime(2024, 5, 11, 23, 0), "denied"),        # Saturday night
+    (NIGHTS, dt.datetime(2024, 5, 10, 5, 0), "denied"),         # Friday early belongs to Thursday
+])
+def test_schedules(schedule, when, expected):
+    d = make(schedules=lambda name: schedule if name == "alice" else None, local_time=lambda: when)
+    _, events = feed(d, [ALICE, ALICE])
+    assert kinds(events) == [expected]
+    if expected == "denied":
+        assert events[0].detail["reason"] == "schedule"
+    _, events = feed(d, [BOB, BOB], start=10.0, box=FAR_BOX)  # bob has no schedule
+    assert kinds(events) == ["recognized"]
+
+
+def test_denied_track_is_decided_and_does_not_count_as_unknown():
+    d = make(lockout_after=1, schedules=lambda name: WEEKDAYS,
+             local_time=lambda: dt.datetime(2024, 5, 5, 12, 0))
+    ids, events = feed(d, [ALICE] * 8)
+    assert kinds(events) == ["denied"]
+    assert not d.needs_embedding(ids[-1]) and not d.locked_out(1.0)
