@@ -95,6 +95,13 @@ class DoorSettings(Section):
         return str(v) if isinstance(v, int) else v
 
 
+class IdleSettings(Section):
+    """The cheap change gate in front of the detector: idle costs little, arrival costs nothing."""
+
+    change_threshold: float = Field(3.0, ge=0, description="mean abs grey change (0-255) of a 32x24 thumbnail that counts as movement; 0 = always detect")
+    detect_every_seconds: float = Field(1.0, gt=0, description="with no change and nobody in view, still detect this often")
+
+
 class GallerySettings(Section):
     path: str = "/var/lib/lock/gallery.db"
 
@@ -147,6 +154,7 @@ class Settings(Section):
     quality: QualitySettings = QualitySettings()
     match: MatchSettings = MatchSettings()
     decide: DecideSettings = DecideSettings()
+    idle: IdleSettings = IdleSettings()
     door: DoorSettings = DoorSettings()
     gallery: GallerySettings = GallerySettings()
     audit: AuditSettings = AuditSettings()

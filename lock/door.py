@@ -296,13 +296,10 @@ def force_off(settings: DoorSettings, pin_factory: Any = None) -> None:
     """Drive the relay pin to its inactive (locked) level and release it.
 
     For systemd's ExecStopPost: the daemon is gone, maybe with the relay on.
+    Claiming the pin with ``initial_value=False`` is what drives it inactive.
     """
-    relay = _relay(settings, pin_factory)
-    try:
-        relay.off()
-        log.info("relay on %s forced off", settings.relay_pin)
-    finally:
-        relay.close()
+    _relay(settings, pin_factory).close()
+    log.info("relay on %s forced off", settings.relay_pin)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -399,7 +399,12 @@ class MqttBridge:
                     return
                 msg = self._control.popleft() if self._control else self._queue.popleft()
                 self._acked.clear()
-            if not self._deliver(msg):
+            try:
+                delivered = self._deliver(msg)
+            except Exception:  # e.g. a topic paho rejects: drop that message, keep the sender alive
+                log.exception("MQTT: cannot publish to %s; message dropped", msg.topic)
+                continue
+            if not delivered:
                 with self._cond:  # not handed over: put it back at the front, keep the order
                     self._queue.appendleft(msg)
                 time.sleep(0.2)

@@ -454,14 +454,12 @@ def convert(model, input_shape, out_names, rep_data=None):
         out = model(x, training=False)
         return {k: out[k] for k in out_names}
 
-    # Through a SavedModel so that the Keras variables are frozen into constants.
-    module = tf.Module()
-    module.model = model
-    module.serve = serve
-    tmp = tempfile.mkdtemp(prefix="lock_models_sm_")
-    try:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": serve})
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    # Freeze the Keras variables into constants (the trackable path leaves
+    # READ_VARIABLE ops that the calibrator cannot run).
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    if True:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
         if rep_data is not None:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = rep_data
@@ -469,8 +467,6 @@ def convert(model, input_shape, out_names, rep_data=None):
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
         blob = conv.convert()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return rename_io(blob, out_names)
 
 

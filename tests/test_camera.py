@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -52,8 +53,11 @@ def test_replays_images_in_order_then_is_exhausted(tmp_path):
         while (f := cam.read(timeout=2.0)) is not None:
             frames.append(f)
         elapsed = time.monotonic() - t0
-        assert [marker(f) for f in frames] == list(range(10))
-        assert [f.index for f in frames] == list(range(10))
+        # In order; on a loaded machine a frame may be dropped (newest wins), never reordered.
+        assert [marker(f) for f in frames] == [f.index for f in frames]
+        assert sorted({f.index for f in frames}) == [f.index for f in frames]
+        assert len(frames) + cam.frames_dropped == 10 and frames[-1].index == 9
+        assert len(frames) >= 8
         assert all(f.image.dtype == np.uint8 and f.image.shape == (64, 64, 3) for f in frames)
         assert all(a.time < b.time for a, b in zip(frames, frames[1:]))
         assert 0.35 < elapsed < 2.0          # paced at 20 fps: ten frames take about half a second
@@ -64,8 +68,9 @@ def test_replays_images_in_order_then_is_exhausted(tmp_path):
 def test_loop_starts_again(tmp_path):
     d = write_images(tmp_path / "imgs", 3)
     with FileCamera(files(d, loop=True, fps=50.0)) as cam:
-        got = [marker(cam.read(timeout=2.0)) for _ in range(8)]
-        assert got == [0, 1, 2, 0, 1, 2, 0, 1]
+        frames = [cam.read(timeout=2.0) for _ in range(8)]
+        assert all(marker(f) == f.index % 3 for f in frames)
+        assert frames[-1].index >= 7
         assert not cam.exhausted
 
 
@@ -160,14 +165,14 @@ def test_video_file_replays(tmp_path):
     for i in range(8):
         writer.write(np.full((64, 96, 3), 20 + 25 * i, np.uint8))
     writer.release()
-    with make_camera(files(path, fps=40.0, width=96, height=64)) as cam:
+    with make_camera(files(path, fps=20.0, width=96, height=64)) as cam:
         frames = []
         while (f := cam.read(timeout=2.0)) is not None:
             frames.append(f)
-    assert len(frames) == 8
+    assert len(frames) + cam.frames_dropped == 8 and len(frames) >= 6
     assert all(f.image.shape == (64, 96, 3) for f in frames)
-    levels = [int(f.image[32, 48].mean()) for f in frames]
-    assert all(abs(lv - (20 + 25 * i)) < 6 for i, lv in enumerate(levels)), levels
+    levels = {f.index: int(f.image[32, 48].mean()) for f in frames}
+    assert all(abs(lv - (20 + 25 * i)) < 6 for i, lv in levels.items()), levels
     assert cam.exhausted
 
 
@@ -178,8 +183,9 @@ def test_video_loops(tmp_path):
         writer.write(np.full((64, 64, 3), 40 + 80 * i, np.uint8))
     writer.release()
     with FileCamera(files(path, fps=50.0, loop=True)) as cam:
-        levels = [int(cam.read(timeout=2.0).image[32, 32].mean()) for _ in range(7)]
-    assert [round((lv - 40) / 80) for lv in levels] == [0, 1, 2, 0, 1, 2, 0]
+        frames = [cam.read(timeout=2.0) for _ in range(7)]
+    assert all(round((int(f.image[32, 32].mean()) - 40) / 80) == f.index % 3 for f in frames)
+    assert frames[-1].index >= 6
 
 
 def test_bad_image_in_directory_is_skipped(tmp_path, caplog):
@@ -210,11 +216,8 @@ def test_factory_kinds():
 
 
 def test_picamera2_missing_is_a_clear_error():
-    try:
-        import picamera2  # noqa: F401
-        pytest.skip("picamera2 is installed here")
-    except ImportError:
-        pass
+    if importlib.util.find_spec("picamera2") is not None:
+        pytest.skip("picamera2 is installed here (a Pi)")
     with pytest.raises(CameraError, match="python3-picamera2"):
         PicameraCamera(CameraSettings(source="picamera2")).open()
 

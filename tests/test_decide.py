@@ -56,6 +56,13 @@ def unknown_track(d: Decider, now: float, box=BOX) -> list:
     return events
 
 
+def lockout_lengths(d: Decider, starts) -> list[float]:
+    out = []
+    for t in starts:
+        out += [e.detail["seconds"] for e in unknown_track(d, t) if e.kind == "lockout"]
+    return out
+
+
 # -- votes -----------------------------------------------------------------------
 
 def test_two_agreeing_votes_unlock_once():
@@ -182,6 +189,13 @@ def test_lockout_engages_after_k_unknown_tracks():
     assert not d.locked_out(181.0)
 
 
+def test_each_lockout_needs_k_fresh_unknowns():
+    d = make(lockout_after=2)
+    assert lockout_lengths(d, [0, 10]) == [60.0]
+    assert lockout_lengths(d, [20]) == []            # the two before it were used up
+    assert lockout_lengths(d, [30]) == [120.0]
+
+
 def test_unknowns_outside_the_lockout_window_do_not_count():
     d = make(lockout_after=2, lockout_window_seconds=120.0)
     unknown_track(d, 0.0)
@@ -198,13 +212,6 @@ def test_denied_while_locked_out():
     assert events[0].detail["reason"] == "lockout" and events[0].person == "alice"
     _, events = feed(d, [ALICE, ALICE], start=200.0, box=FAR_BOX)  # lockout over
     assert kinds(events) == ["recognized"]
-
-
-def lockout_lengths(d: Decider, starts) -> list[float]:
-    out = []
-    for t in starts:
-        out += [e.detail["seconds"] for e in unknown_track(d, t) if e.kind == "lockout"]
-    return out
 
 
 def test_lockout_doubles_and_caps():

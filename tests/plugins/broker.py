@@ -45,14 +45,15 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, users: dict[str, str] | None = None, persistent: bool = False) -> None:
         self.directory = directory
         self.port = _free_port()
         self.users = dict(users or {})
         self.log_file = directory / "mosquitto.log"
         self.conf = directory / "mosquitto.conf"
-        lines = [f"listener {self.port} {self.host}", "persistence false",
-                 f"log_dest file {self.log_file}", "log_type all"]
+        # persistent=True keeps sessions across stop()/start() (for collectors with clean_session=False).
+        lines = [f"listener {self.port} {self.host}", f"persistence {'true' if persistent else 'false'}",
+                 f"persistence_location {directory}/", f"log_dest file {self.log_file}", "log_type all"]
         if os.geteuid() == 0:  # mosquitto drops to user "mosquitto" otherwise and cannot read tmp files
             lines.append(f"user {pwd.getpwuid(0).pw_name}")
         if self.users:
@@ -118,14 +119,17 @@ class Broker:
 class Collector:
     """A paho client that records every message it receives: ``(topic, payload bytes, retain)``."""
 
-    def __init__(self, broker: Broker, topics: str | Iterable[str] = "#", *,
-                 username: str | None = None, password: str | None = None) -> None:
+    def __init__(self, broker: Broker, topics: str | Iterable[str] = "#", *, username: str | None = None,
+                 password: str | None = None, client_id: str | None = None) -> None:
         self.broker = broker
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.topics = [topics] if isinstance(topics, str) else list(topics)
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-collector-{id(self)}")
+        # A fixed client_id gives a persistent session (clean_session=False): on a persistent broker,
+        # messages published while this collector is away are kept for it.
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-collector-{id(self)}",
+                                  clean_session=client_id is None)
         if username:
             self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
@@ -165,31 +169,22 @@ class Collector:
     def json(self, topic: str) -> list[Any]:
         return [json.loads(p) for p in self.payloads(topic)]
 
-    def wait_for(self, predicate: Callable[["Collector"], bool] | str, count: int = 1,
-                 timeout: float = 10.0) -> list[tuple[str, bytes, bool]]:
-        """Wait until ``count`` messages arrived on a topic (or a predicate holds); return them."""
-        if isinstance(predicate, str):
-            topic = predicate
-
-            def predicate(c: "Collector") -> bool:
-                return len(c.on(topic)) >= count
+    def wait_until(self, predicate: Callable[["Collector"], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate(collector)`` is true (checked on each message and every 0.1 s)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                with_lock_released = None
-                self._cond.release()
-                try:
-                    with_lock_released = predicate(self)
-                finally:
-                    self._cond.acquire()
-                if with_lock_released:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    got = sorted({m[0] for m in self.messages})
-                    raise AssertionError(f"timed out after {timeout:g} s; topics seen: {got}")
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                with self._cond:
+                    seen = sorted({m[0] for m in self.messages})
+                raise AssertionError(f"timed out after {timeout:g} s; topics seen: {seen}")
+            with self._cond:
                 self._cond.wait(min(remaining, 0.1))
-        return self.on(topic) if isinstance(topic := getattr(predicate, "_topic", None), str) else list(self.messages)
+
+    def wait_for(self, topic: str, count: int = 1, timeout: float = 10.0) -> list[tuple[str, bytes, bool]]:
+        """Wait until ``count`` messages arrived on ``topic``; return all of them."""
+        self.wait_until(lambda c: len(c.on(topic)) >= count, timeout)
+        return self.on(topic)
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -200,8 +195,8 @@ class Collector:
 def mqtt_broker_factory(tmp_path_factory):
     brokers: list[Broker] = []
 
-    def make(users: dict[str, str] | None = None) -> Broker:
-        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users)
+    def make(users: dict[str, str] | None = None, persistent: bool = False) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users, persistent)
         brokers.append(broker)
         broker.start()
         return broker

@@ -1,0 +1,165 @@
+"""The local audit log: every event, with its scores, in SQLite.
+
+This is the record of what happened at the door (MQTT is only a view of it).
+The file is created mode 0600 (the service user only: it holds names and
+similarity scores); SQLite makes the WAL and shared-memory files with the
+same mode.  A failing write (disk full, read-only file system) is logged
+once and never raised into the bus: the door keeps working, and SQLite's
+transactions leave what is already stored intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lock.config import AuditSettings
+from lock.events import Event
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    time    REAL NOT NULL,      -- seconds since the epoch, when it happened
+    kind    TEXT NOT NULL,
+    person  TEXT,
+    detail  TEXT NOT NULL,      -- JSON
+    private TEXT NOT NULL       -- JSON (scores)
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRow:
+    id: int
+    time: float
+    kind: str
+    person: str | None
+    detail: dict[str, Any]
+    private: dict[str, Any]
+
+
+def _json(value: Any) -> str:
+    def default(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray)):
+            return {"bytes": len(v)}  # images are not kept here
+        try:
+            return float(v)  # numpy scalars
+        except (TypeError, ValueError):
+            return str(v)
+    return json.dumps(dict(value), default=default, separators=(",", ":"))
+
+
+class AuditLog:
+    """SQLite audit log; :meth:`record` is a bus subscriber."""
+
+    def __init__(self, settings: AuditSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.path = Path(settings.path)
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._failing = False
+        self._last_rotation = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def open(self) -> bool:
+        """Open (creating it 0600) and drop rows older than ``keep_days``; False, logged, if unusable."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+            if mode & 0o077:
+                log.warning("audit log %s was readable by others (mode %o); setting it to 0600", self.path, mode)
+                os.chmod(self.path, 0o600)
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+            conn.commit()
+        except (OSError, sqlite3.Error) as exc:
+            self._report(f"cannot open {self.path}: {exc}")
+            return False
+        with self._lock:
+            self._conn = conn
+        self.rotate()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                log.warning("audit log %s: error while closing: %s", self.path, exc)
+
+    def record(self, event: Event) -> None:
+        """Store one event (bus subscriber); never raises."""
+        with self._lock:
+            if self._conn is None:
+                self._report(f"{self.path} is not open; event {event.kind} not recorded")
+                return
+            try:
+                with self._conn:  # one transaction: all or nothing
+                    self._conn.execute(
+                        "INSERT INTO events (time, kind, person, detail, private) VALUES (?, ?, ?, ?, ?)",
+                        (float(event.time), event.kind, event.person, _json(event.detail), _json(event.private)))
+            except (sqlite3.Error, OSError) as exc:
+                self._report(f"cannot write to {self.path}: {exc}")
+                return
+            if self._failing:
+                log.info("audit log %s: writing again", self.path)
+                self._failing = False
+        if self._clock() - self._last_rotation >= DAY:
+            self.rotate()
+
+    def rotate(self) -> int:
+        """Delete rows older than ``keep_days``; returns how many."""
+        now = self._clock()
+        cutoff = now - self.settings.keep_days * DAY
+        with self._lock:
+            if self._conn is None:
+                return 0
+            self._last_rotation = now
+            try:
+                with self._conn:
+                    deleted = self._conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
+            except (sqlite3.Error, OSError) as exc:
+                self._report(f"cannot delete old rows from {self.path}: {exc}")
+                return 0
+        if deleted:
+            log.info("audit log: deleted %d events older than %d days", deleted, self.settings.keep_days)
+        return deleted
+
+    def recent(self, n: int = 20) -> list[AuditRow]:
+        """The ``n`` newest events, newest first."""
+        with self._lock:
+            if self._conn is None:
+                return []
+            rows = self._conn.execute(
+                "SELECT id, time, kind, person, detail, private FROM events ORDER BY time DESC, id DESC LIMIT ?",
+                (int(n),)).fetchall()
+        return [AuditRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5])) for r in rows]
+
+    def _report(self, message: str) -> None:
+        # Once per failure spell: a full disk must not also fill the journal.
+        if not self._failing:
+            log.error("audit log: %s; events are NOT being recorded (check free space and permissions "
+                      "of audit.path); the door keeps working", message)
+            self._failing = True

@@ -1,0 +1,234 @@
+"""The door, gallery and daemon commands of `lock` (the vision ones are in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lock import config as config_mod
+from lock.errors import ControlError, LockError
+
+log = logging.getLogger(__name__)
+
+
+def _load(args: argparse.Namespace) -> config_mod.Settings:
+    return config_mod.load(args.config)
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return str(config_mod.find_config(args.config))
+
+
+def _gallery(settings: config_mod.Settings, model_hash: str | None = None):
+    from lock.gallery import Gallery
+    if model_hash is None:
+        from lock.vision.runtime import Runtime
+        rt = Runtime(config_mod.models_dir(settings)).open()
+        model_hash = rt.model_hash("facenet.tflite")
+    return Gallery(settings.gallery.path, model_hash).open()
+
+
+def _ask(settings: config_mod.Settings, req: dict, timeout: float = 10.0) -> dict:
+    final: dict = {}
+    for msg in __import__("lock.control", fromlist=["request"]).request(settings.control.socket, req, timeout=timeout):
+        if "progress" in msg:
+            print(msg["progress"], flush=True)
+        else:
+            final = msg
+    if not final.get("ok"):
+        raise ControlError(final.get("error", "the daemon refused the request"))
+    return final
+
+
+# --- run ----------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lock.daemon import run
+    settings = _load(args)
+    logging.getLogger().setLevel(settings.log_level if not args.verbose else "DEBUG")
+    return run(settings, _config_path(args))
+
+
+# --- enrollment and the gallery -----------------------------------------------
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from lock.control import daemon_running
+    from lock.enroll import enroll_files, enroll_frames
+    from lock.imageio import iter_images
+    from lock.vision.pipeline import FacePipeline
+
+    settings = _load(args)
+    if args.camera:
+        if args.sources:
+            print("error: give either --camera or image files, not both", file=sys.stderr)
+            return 2
+        if daemon_running(settings.control.socket):
+            print("the lock daemon owns the camera: asking it to enroll", flush=True)
+            reply = _ask(settings, {"cmd": "enroll", "name": args.name, "count": args.count,
+                                    "replace": args.replace}, timeout=120)
+            print(f"enrolled {args.name}: {reply['stored']} views")
+            return 0
+        from lock.camera import make_camera
+        pipe = FacePipeline(settings).open()
+        cam = make_camera(settings.camera)
+        cam.open()
+
+        def frames():
+            while True:
+                f = cam.read(timeout=2.0)
+                if f is None and getattr(cam, "exhausted", False):
+                    return
+                if f is not None:
+                    yield f.image
+        try:
+            with _gallery(settings, pipe.model_hash) as gallery:
+                report = enroll_frames(pipe, gallery, args.name, frames(), count=args.count, timeout=60,
+                                       say=lambda m: print(m, flush=True), replace=args.replace)
+        finally:
+            cam.close()
+        print(f"enrolled {args.name}: {len(report.stored)} views")
+        return 0
+    if not args.sources:
+        print("error: give image files or folders, or --camera", file=sys.stderr)
+        return 2
+    paths = iter_images(args.sources)
+    missing = [s for s in args.sources if not Path(s).exists()]
+    for m in missing:
+        print(f"{m}: no such file or folder")
+    pipe = FacePipeline(settings).open()
+
+    def bar(items):
+        if len(items) > 3 and sys.stderr.isatty():
+            from tqdm import tqdm
+            return tqdm(items, desc=f"enrolling {args.name}", unit="photo")
+        return items
+
+    with _gallery(settings, pipe.model_hash) as gallery:
+        report = enroll_files(pipe, gallery, args.name, paths, replace=args.replace, progress=bar)
+    for line in report.lines():
+        print(line)
+    print(f"enrolled {args.name}: {len(report.stored)} template(s) from {len(paths)} image(s)")
+    return 1 if (report.rejected or missing) else 0
+
+
+def cmd_faces(args: argparse.Namespace) -> int:
+    from lock.schedule import Schedule
+    settings = _load(args)
+    with _gallery(settings) as g:
+        if args.action == "list":
+            people = g.people()
+            if not people:
+                print("nobody is enrolled (lock enroll NAME PHOTOS...)")
+            for p in people:
+                sched = f", schedule {p.schedule}" if p.schedule else ""
+                print(f"{p.name}: {p.templates} template(s){sched}")
+            stale = g.stale_templates()
+            for name, n in sorted(stale.items()):
+                print(f"{name}: {n} template(s) from another model, ignored: re-enroll {name}")
+        elif args.action == "remove":
+            g.remove(args.name)
+            print(f"removed {args.name}")
+        elif args.action == "rename":
+            g.rename(args.name, args.new)
+            print(f"renamed {args.name} to {args.new}")
+        elif args.action == "schedule":
+            if args.clear:
+                g.set_schedule(args.name, None)
+                print(f"{args.name}: no schedule (any time)")
+            else:
+                try:
+                    sched = Schedule.parse(args.days, args.hours)
+                except ValueError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                g.set_schedule(args.name, sched)
+                print(f"{args.name}: allowed {sched}")
+        elif args.action == "purge-stale":
+            n = g.purge_stale()
+            print(f"removed {n} template(s) made by another model")
+    return 0
+
+
+# --- talking to the daemon ----------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    st = _ask(settings, {"cmd": "status"})["status"]
+    if args.json:
+        print(json.dumps(st))
+    else:
+        for k, v in st.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    _ask(_load(args), {"cmd": "unlock"})
+    print("unlocked")
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    _ask(_load(args), {"cmd": "lock"})
+    print("locked")
+    return 0
+
+
+def cmd_mqtt_test(args: argparse.Namespace) -> int:
+    from lock.mqtt import check
+    settings = _load(args)
+    ok, why = check(settings.mqtt)
+    print(("ok: " if ok else "failed: ") + why)
+    return 0 if ok else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lock.doctor import doctor
+    return doctor(args.config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lock.demo import demo
+    return demo(args.config, photos=args.photos, fps=args.fps)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("run", help="run the lock (what the systemd service does)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("enroll", help="enroll a person from photos or the camera")
+    s.add_argument("name")
+    s.add_argument("sources", nargs="*", help="image files or folders")
+    s.add_argument("--camera", action="store_true", help="guided capture from the camera")
+    s.add_argument("--count", type=int, default=5, help="views to capture with --camera")
+    s.add_argument("--replace", action="store_true", help="replace the person's templates instead of adding")
+    s.set_defaults(func=cmd_enroll)
+
+    s = sub.add_parser("faces", help="list, remove, rename enrolled people; schedules")
+    fs = s.add_subparsers(dest="action", metavar="ACTION")
+    fs.required = True
+    fs.add_parser("list")
+    r = fs.add_parser("remove"); r.add_argument("name")
+    r = fs.add_parser("rename"); r.add_argument("name"); r.add_argument("new")
+    r = fs.add_parser("schedule", help="allow NAME only on DAYS between HOURS")
+    r.add_argument("name"); r.add_argument("days", nargs="?", default="mon-sun")
+    r.add_argument("hours", nargs="?", default="00:00-23:59"); r.add_argument("--clear", action="store_true")
+    fs.add_parser("purge-stale", help="remove templates made by another model")
+    s.set_defaults(func=cmd_faces)
+
+    s = sub.add_parser("status", help="the running daemon's state")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    sub.add_parser("unlock", help="unlock the door now (one pulse)").set_defaults(func=cmd_unlock)
+    sub.add_parser("lock", help="lock the door now").set_defaults(func=cmd_lock)
+    sub.add_parser("mqtt-test", help="try the configured MQTT broker and say what happened").set_defaults(func=cmd_mqtt_test)
+    sub.add_parser("doctor", help="check config, models, runtime, Coral, camera, GPIO, gallery, MQTT").set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("demo", help="the lock on recorded frames with a mock relay (no Pi needed)")
+    s.add_argument("--photos", default=None, help="photo folder (default: the fetched test photographs)")
+    s.add_argument("--fps", type=float, default=10.0)
+    s.set_defaults(func=cmd_demo)

@@ -1,0 +1,171 @@
+"""The local control socket: how the `lock` CLI talks to the running daemon.
+
+A Unix stream socket, mode 0660, owned by a configurable group, so only root
+and members of that group can connect.  One JSON object per line each way: a
+request ``{"cmd": ...}``; zero or more ``{"progress": "..."}`` lines (for
+enrollment from the camera); one final ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``.  A malformed request gets an error reply;
+the daemon never falls over because of what a client sent.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from lock.errors import ControlError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict, Callable[[str], None]], dict]
+
+
+class ControlServer:
+    """Serves requests on ``path`` with ``handler(request, progress) -> reply``."""
+
+    def __init__(self, path: str, handler: Handler, *, group: str | None = None) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.group = group
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _alive(self.path):
+                raise ControlError(f"{self.path}: another lock daemon is already running")
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)  # the socket is born 0660: no window where others could connect
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+        if self.group:
+            try:
+                os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            except KeyError:
+                log.warning("control socket: group %r does not exist; only %s's own group can use %s "
+                            "(create it: groupadd %s)", self.group, os.getuid(), self.path, self.group)
+            except PermissionError as exc:
+                log.warning("control socket: cannot give %s to group %r: %s", self.path, self.group, exc)
+        sock.listen(8)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+        log.info("control socket at %s", self.path)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with conn:
+            def send(obj: dict) -> None:
+                conn.sendall((json.dumps(obj) + "\n").encode())
+
+            try:
+                data = b""
+                while b"\n" not in data and len(data) <= MAX_REQUEST:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if len(data) > MAX_REQUEST:
+                    send({"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
+                    return
+                try:
+                    req = json.loads(data.split(b"\n", 1)[0].decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    send({"ok": False, "error": "malformed request: one JSON object per line expected"})
+                    return
+                if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                    send({"ok": False, "error": "malformed request: {\"cmd\": ...} expected"})
+                    return
+                conn.settimeout(None)
+                try:
+                    reply = self.handler(req, lambda msg: send({"progress": msg}))
+                except Exception as exc:  # the daemon stays up whatever a request does
+                    log.exception("control request %r failed", req.get("cmd"))
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                send(reply)
+            except OSError as exc:
+                log.debug("control client went away: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _alive(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def daemon_running(path: str) -> bool:
+    return _alive(Path(path))
+
+
+def request(path: str, req: dict, *, timeout: float = 10.0) -> Iterator[dict]:
+    """Send one request; yield progress lines and, last, the final reply."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except FileNotFoundError:
+        raise ControlError(f"{path}: no control socket: is the lock daemon running? (systemctl status lock)") from None
+    except PermissionError:
+        raise ControlError(f"{path}: permission denied: run as root or as a member of the socket's group") from None
+    except OSError as exc:
+        raise ControlError(f"{path}: cannot reach the daemon: {exc}") from None
+    with s:
+        s.sendall((json.dumps(req) + "\n").encode())
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise ControlError(f"{path}: the daemon did not answer within {timeout:.0f} s") from None
+            if not chunk:
+                raise ControlError(f"{path}: the daemon closed the connection without an answer")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg: dict[str, Any] = json.loads(line)
+                yield msg
+                if "ok" in msg:
+                    return

@@ -1,0 +1,450 @@
+"""The daemon: the only place that wires camera, vision, gallery, decision, door and events.
+
+One loop: take the newest frame → (change gate) → detect → track → for faces
+of undecided tracks: align, quality, embed, match → decide → door and events.
+Around it: the control socket, sd_notify (READY once frames flow, WATCHDOG
+only while they do), signals (TERM/INT stop, HUP reloads the config), and the
+MQTT bridge.  Whatever way the process leaves, the relay is turned off first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from lock import config as config_mod
+from lock import events as ev
+from lock.errors import ControlError, EnrollmentError, LockError
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(message: str) -> bool:
+    """Send a systemd notification (READY=1, WATCHDOG=1, STATUS=...); no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
+
+
+class ChangeGate:
+    """Is there anything new in front of the camera?  A 32x24 grey thumbnail compared with the last one."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._ref: np.ndarray | None = None
+
+    def changed(self, frame: np.ndarray) -> bool:
+        thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 24), interpolation=cv2.INTER_AREA)
+        thumb = thumb.astype(np.int16)
+        if self._ref is None or self.threshold <= 0:
+            self._ref = thumb
+            return True
+        moved = float(np.abs(thumb - self._ref).mean()) >= self.threshold
+        self._ref = thumb
+        return moved
+
+
+@dataclasses.dataclass
+class Stats:
+    frames: int = 0
+    detections: int = 0
+    embeddings: int = 0
+    skipped_idle: int = 0
+    latency_ms: float = 0.0
+    fps: float = 0.0
+
+
+class Commands:
+    """What remote commands (MQTT) may do: the bridge's CommandHandler, backed by the daemon."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self._d = daemon
+
+    def unlock(self, source: str) -> None:
+        self._d.unlock(source)
+
+    def open(self, source: str) -> None:
+        self._d.unlock(source)
+
+    def lock(self, source: str) -> None:
+        self._d.lock(source)
+
+    def set_face_unlock(self, enabled: bool) -> None:
+        self._d.set_face_unlock(enabled)
+
+
+class Daemon:
+    """The running lock.  Constructor does no I/O; :meth:`open` brings everything up.
+
+    ``pin_factory`` goes to gpiozero (``MockFactory`` in tests and the demo);
+    ``camera`` replaces the configured camera (tests, demo, benchmarks).
+    """
+
+    def __init__(self, settings: config_mod.Settings, *, config_path: str | None = None,
+                 pin_factory: Any = None, camera: Any = None, notify: Callable[[str], bool] = sd_notify,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.pin_factory = pin_factory
+        self.notify = notify
+        self.clock = clock
+        self.bus = ev.EventBus()
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self._camera = camera
+        self._reload = threading.Event()
+        self._matcher = None
+        self._gallery_version = -1
+        self._face_unlock = True
+        self._ready = False
+        self._last_stats = 0.0
+        self._last_detect = -1e9
+        self._last_faces = 0
+        self._enroll_lock = threading.Lock()
+        self._frame_listeners: list[Callable[[np.ndarray], None]] = []
+        self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
+        self.decider = self.camera = self.control = None
+
+    # --- bring-up and tear-down ---------------------------------------------
+
+    def open(self) -> "Daemon":
+        from lock.audit import AuditLog
+        from lock.camera import make_camera
+        from lock.control import ControlServer
+        from lock.decide import Decider
+        from lock.door import Door
+        from lock.gallery import Gallery
+        from lock.vision.pipeline import FacePipeline
+
+        s = self.settings
+        try:
+            # The door first: whatever fails next, the relay is already held off.
+            self.door = Door(s.door, self.bus, pin_factory=self.pin_factory)
+            self.door.open()
+            self.audit = AuditLog(s.audit)
+            self.audit.open()
+            self.bus.subscribe(self.audit.record)
+            self.pipeline = FacePipeline(s).open((s.camera.height, s.camera.width))
+            self.gallery = Gallery(s.gallery.path, self.pipeline.model_hash)
+            self.gallery.open()
+            self._report_stale()
+            self._face_unlock = self._load_state().get("face_unlock", True)
+            self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock)
+            self.gate = ChangeGate(s.idle.change_threshold)
+            if s.mqtt.enabled:
+                from lock.mqtt import MqttBridge
+                self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None)
+                self.mqtt.start()
+            self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
+            self.bus.publish(ev.Event.now(ev.LOCK_STATE, state=self.door.state))
+            self.control = ControlServer(s.control.socket, self._handle, group=s.control.group)
+            self.control.start()
+            self.camera = self._camera or make_camera(s.camera)
+            self.camera.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Relay off first, then everything else; safe to call twice."""
+        if self.door is not None:
+            try:
+                self.door.close()
+            except Exception:
+                log.exception("closing the door failed")
+        for part in ("camera", "control", "mqtt", "gallery", "audit"):
+            obj = getattr(self, part)
+            if obj is None:
+                continue
+            try:
+                obj.stop() if part == "mqtt" else obj.close()
+            except Exception:
+                log.exception("closing %s failed", part)
+            setattr(self, part, None)
+
+    def __enter__(self) -> "Daemon":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- state ----------------------------------------------------------------
+
+    def _state_path(self) -> Path:
+        return Path(self.settings.gallery.path).with_name("state.json")
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self._state_path().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        p = self._state_path()
+        tmp = p.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"face_unlock": self._face_unlock}))
+            os.replace(tmp, p)
+        except OSError as exc:
+            log.error("cannot save %s: %s (face unlock setting will not survive a restart)", p, exc)
+
+    def _report_stale(self) -> None:
+        stale = self.gallery.stale_templates()
+        if stale:
+            names = ", ".join(sorted(stale))
+            log.warning("%d template(s) in %s were made by another FaceNet model and are ignored: "
+                        "re-enroll %s (lock enroll NAME PHOTOS --replace), or remove them with "
+                        "`lock faces purge-stale`", sum(stale.values()), self.settings.gallery.path, names)
+
+    def _refresh_matcher(self) -> None:
+        version = self.gallery.version()
+        if version != self._gallery_version:
+            self._matcher = self.gallery.matcher()
+            if self._gallery_version != -1:
+                log.info("gallery changed: %d people now", len(self._matcher.names) if hasattr(self._matcher, "names") else -1)
+            self._gallery_version = version
+
+    # --- CommandHandler (MQTT) and control socket ---------------------------
+
+    def unlock(self, source: str) -> None:
+        self.bus.publish(ev.Event.now(ev.REMOTE_UNLOCK, source=source))
+        self.door.unlock(source)
+
+    def lock(self, source: str) -> None:
+        log.info("lock requested by %s", source)
+        self.door.lock()
+
+    def set_face_unlock(self, enabled: bool) -> None:
+        self._face_unlock = bool(enabled)
+        self._save_state()
+        log.info("face unlock %s", "enabled" if enabled else "disabled")
+        self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
+
+    def status(self) -> dict:
+        now = self.clock()
+        people = self.gallery.people() if self.gallery else []
+        cam = self.camera
+        return {
+            "door": self.door.state if self.door else None,
+            "door_contact_open": getattr(self.door, "contact_open", None),
+            "face_unlock": self._face_unlock,
+            "locked_out": self.decider.locked_out(now) if self.decider else False,
+            "lockout_remaining_s": round(self.decider.lockout_remaining(now), 1) if self.decider else 0,
+            "people": len(people),
+            "camera_healthy": bool(getattr(cam, "healthy", False)),
+            "fps": round(self.stats.fps, 1),
+            "latency_ms": round(self.stats.latency_ms, 1),
+            "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
+            "frames": self.stats.frames,
+        }
+
+    def _handle(self, req: dict, progress: Callable[[str], None]) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "unlock":
+            self.unlock("control_socket")
+            return {"ok": True}
+        if cmd == "lock":
+            self.lock("control_socket")
+            return {"ok": True}
+        if cmd == "face_unlock":
+            self.set_face_unlock(bool(req.get("enabled", True)))
+            return {"ok": True}
+        if cmd == "enroll":
+            name, count = req.get("name"), req.get("count", 5)
+            if not isinstance(name, str) or not isinstance(count, int) or not 1 <= count <= 50:
+                return {"ok": False, "error": "enroll needs a name (text) and a count (1-50)"}
+            return self._enroll_from_camera(name, count, bool(req.get("replace", False)), progress)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, unlock, lock, face_unlock, enroll)"}
+
+    def _enroll_from_camera(self, name: str, count: int, replace: bool, say: Callable[[str], None]) -> dict:
+        from lock.enroll import enroll_frames
+
+        if not self._enroll_lock.acquire(blocking=False):
+            return {"ok": False, "error": "another enrollment is running"}
+        frames: list[np.ndarray] = []
+        cond = threading.Condition()
+
+        def listener(frame: np.ndarray) -> None:
+            with cond:
+                frames.append(frame)
+                del frames[:-1]
+                cond.notify()
+
+        def stream():
+            while not self.stop_event.is_set():
+                with cond:
+                    cond.wait_for(lambda: frames, timeout=1.0)
+                    if not frames:
+                        continue
+                    frame = frames.pop()
+                yield frame
+
+        self._frame_listeners.append(listener)
+        try:
+            report = enroll_frames(self.pipeline_enroll, self.gallery, name, stream(), count=count,
+                                   timeout=60.0, say=say, replace=replace)
+            return {"ok": True, "stored": len(report.stored)}
+        except EnrollmentError as exc:
+            return {"ok": False, "error": str(exc)}
+        finally:
+            self._frame_listeners.remove(listener)
+            self._enroll_lock.release()
+
+    @property
+    def pipeline_enroll(self):
+        """A second pipeline for enrollment, so the door loop never waits for it."""
+        if not hasattr(self, "_pipeline_enroll"):
+            from lock.vision.pipeline import FacePipeline
+            self._pipeline_enroll = FacePipeline(self.settings).open()
+        return self._pipeline_enroll
+
+    # --- the loop -------------------------------------------------------------
+
+    def process(self, image: np.ndarray, now: float | None = None) -> list[ev.Event]:
+        """One frame through the pipeline; returns the door events it raised."""
+        now = self.clock() if now is None else now
+        t0 = time.perf_counter()
+        self.stats.frames += 1
+        for listener in list(self._frame_listeners):
+            listener(image)
+        s = self.settings
+        busy = self._last_faces > 0  # someone in view: detect every frame
+        if not (self.gate.changed(image) or busy or now - self._last_detect >= s.idle.detect_every_seconds):
+            self.stats.skipped_idle += 1
+            return []
+        self._last_detect = now
+        self._refresh_matcher()
+        faces = self.pipeline.detect(image)
+        self.stats.detections += 1
+        self._last_faces = len(faces)
+        raised: list[ev.Event] = []
+        track_ids = self.decider.observe(faces.boxes, now)
+        for i, tid in enumerate(track_ids):
+            if not self._face_unlock or not self.decider.needs_embedding(tid):
+                continue
+            a = self.pipeline.analyse(image, faces, i)
+            match = None
+            if a.embedding is not None:
+                self.stats.embeddings += 1
+                match = self._matcher.match(a.embedding)
+            for e in self.decider.vote(tid, match, now):
+                raised.append(e)
+                self.bus.publish(e)
+                if e.kind == ev.RECOGNIZED:
+                    self.door.unlock("face")
+                elif e.kind == ev.UNKNOWN and s.mqtt.unknown_image:
+                    from lock.imageio import encode_jpeg
+                    self.bus.publish(ev.Event.now(ev.UNKNOWN_FACE_IMAGE, jpeg=encode_jpeg(a.aligned)))
+        self.stats.latency_ms = (time.perf_counter() - t0) * 1e3
+        return raised
+
+    def _tick_stats(self, now: float) -> None:
+        if now - self._last_stats >= 10.0:
+            if self._last_stats:
+                self.stats.fps = self.stats.frames / (now - self._stats_t0) if now > self._stats_t0 else 0.0
+                self.bus.publish(ev.Event.now(ev.STATS, fps=round(self.stats.fps, 2),
+                                              latency_ms=round(self.stats.latency_ms, 1)))
+            else:
+                self._stats_t0 = now
+            self._last_stats = now
+
+    def run(self, *, stop_when_exhausted: bool = False) -> None:
+        """The loop, until :attr:`stop_event` (or the end of a files camera, if asked)."""
+        last_frame_time = None
+        while not self.stop_event.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            frame = self.camera.read(timeout=1.0)
+            now = self.clock()
+            if frame is None:
+                if stop_when_exhausted and getattr(self.camera, "exhausted", False):
+                    break
+                continue  # no frame: no watchdog kick, so systemd notices a dead camera
+            if last_frame_time is not None and frame.time == last_frame_time:
+                continue
+            last_frame_time = frame.time
+            try:
+                self.process(frame.image, now)
+            except LockError as exc:
+                log.error("frame skipped: %s", exc)
+                continue
+            if not self._ready:
+                self._ready = True
+                self.notify("READY=1\nSTATUS=watching the door")
+                log.info("lock ready: watching the door")
+            self.notify("WATCHDOG=1")
+            self._tick_stats(now)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; thresholds and decision settings apply at once."""
+        if not self.config_path:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            new = config_mod.load(self.config_path)
+        except LockError as exc:
+            log.error("SIGHUP: config not reloaded, the old one stays in force: %s", exc)
+            return
+        from lock.decide import Decider
+        from lock.vision import quality  # noqa: F401  (quality settings are read per frame)
+
+        changed = [k for k in ("camera", "vision", "door", "mqtt", "control", "gallery", "audit")
+                   if getattr(new, k) != getattr(self.settings, k)]
+        self.settings = new
+        self.pipeline.quality_settings = new.quality
+        self.decider = Decider(new.decide, new.match, schedules=self.gallery.schedule, clock=self.clock)
+        self.gate = ChangeGate(new.idle.change_threshold)
+        log.info("config reloaded from %s", self.config_path)
+        if changed:
+            log.warning("SIGHUP: changes to %s take effect after a restart (systemctl restart lock)",
+                        ", ".join(changed))
+
+    def install_signals(self) -> None:
+        def stop(signum, _frame):
+            log.info("signal %d: stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+
+def run(settings: config_mod.Settings, config_path: str | None, **kwargs: Any) -> int:
+    """`lock run`: bring the daemon up, loop, and always leave the relay off."""
+    d = Daemon(settings, config_path=config_path, **kwargs)
+    d.install_signals()
+    try:
+        d.open()
+        d.run()
+    except ControlError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        d.notify("STOPPING=1")
+        d.close()
+    return 0

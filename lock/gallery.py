@@ -1,0 +1,366 @@
+"""Enrolled people and their templates, in SQLite.
+
+Every template carries the hash of the model that made it: templates of
+another model are never matched (their scores mean nothing against this
+model's embeddings); ``stale_templates()`` reports them so the person can be
+re-enrolled.  Writes are single transactions (``BEGIN IMMEDIATE``), so an
+enrollment never half-writes, and each bumps a counter in the ``meta`` table
+so that any process holding the file sees ``version()`` change and reloads.
+
+Name matching is case-insensitive ("Alice" and "alice" are one person) and
+surrounding spaces are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+import threading
+import time
+import unicodedata
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from lock.decide import Match
+from lock.errors import EnrollmentError, GalleryError
+from lock.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_DIM = 128
+MAX_NAME = 64
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    created REAL NOT NULL,
+    schedule TEXT
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    embedding BLOB NOT NULL,
+    quality REAL NOT NULL,
+    created REAL NOT NULL,
+    model_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS templates_person ON templates(person_id);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('version', 0);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class PersonInfo:
+    """One enrolled person; ``templates`` counts those of the current model only."""
+
+    name: str
+    templates: int
+    created: float                  # seconds since the epoch
+    schedule: Schedule | None
+
+
+class Matcher:
+    """Best cosine per person over their templates, vectorised.
+
+    ``names[i]`` owns row ``i`` of ``matrix`` (T, 128) float32 unit vectors.
+    """
+
+    def __init__(self, names: Sequence[str], matrix: np.ndarray) -> None:
+        matrix = np.asarray(matrix, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
+        if len(names) != len(matrix):
+            raise ValueError(f"{len(names)} names for {len(matrix)} templates")
+        self.people: list[str] = list(dict.fromkeys(names))
+        index = {n: i for i, n in enumerate(self.people)}
+        self._owner = np.array([index[n] for n in names], dtype=np.intp)
+        self._matrix = matrix
+
+    def __len__(self) -> int:
+        return len(self._matrix)
+
+    def match(self, embedding: np.ndarray) -> Match:
+        """The best person and the best other person for a unit (128,) embedding."""
+        if not self.people:
+            return Match(None, -1.0, None, -1.0)
+        scores = self._matrix @ np.asarray(embedding, dtype=np.float32).reshape(EMBEDDING_DIM)
+        best = np.full(len(self.people), -np.inf, dtype=np.float32)
+        np.maximum.at(best, self._owner, scores)
+        if len(best) == 1:
+            return Match(self.people[0], float(best[0]), None, -1.0)
+        second, first = np.argpartition(best, -2)[-2:]
+        if best[second] > best[first]:
+            first, second = second, first
+        return Match(self.people[first], float(best[first]), self.people[second], float(best[second]))
+
+
+def check_name(name: str) -> str:
+    """The name as stored (spaces around it removed), or EnrollmentError saying what is wrong."""
+    if not isinstance(name, str):
+        raise EnrollmentError(f"a name must be text, got {type(name).__name__}")
+    clean = name.strip()
+    if not clean:
+        raise EnrollmentError("the name is empty")
+    if len(clean) > MAX_NAME:
+        raise EnrollmentError(f"the name {clean[:20]!r}... is {len(clean)} characters long (at most {MAX_NAME})")
+    if any(unicodedata.category(c).startswith("C") for c in clean):
+        raise EnrollmentError(f"the name {clean!r} contains control or invisible characters")
+    return clean
+
+
+class Gallery:
+    """The SQLite gallery at ``path`` for the model whose hash is ``model_hash``.
+
+    No I/O until :meth:`open`.  Safe to share between threads of one process
+    (one connection behind a lock); several processes may open the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike, model_hash: str, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not model_hash:
+            raise ValueError("model_hash is empty")
+        self.path = Path(path)
+        self.model_hash = model_hash
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    # -- life cycle ------------------------------------------------------------
+
+    def open(self) -> "Gallery":
+        if self._db is not None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():   # biometric data: readable by its owner only
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise GalleryError(f"{self.path}: cannot create the gallery: {exc.strerror or exc} "
+                               "(check gallery.path and the directory's owner)") from None
+        db = None
+        try:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            raise GalleryError(f"{self.path}: not a usable gallery database ({exc}); move it aside and "
+                               "re-enroll everyone, or restore it from a backup") from None
+        if schema > SCHEMA_VERSION:
+            db.close()
+            raise GalleryError(f"{self.path}: made by a newer version of this program (schema {schema}); "
+                               "upgrade it")
+        self._db = db
+        stale = self.stale_templates()
+        if stale:
+            log.warning("%s: %d templates were made by another model and are ignored; re-enroll %s",
+                        self.path, sum(stale.values()), ", ".join(sorted(stale)))
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def __enter__(self) -> "Gallery":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise GalleryError(f"{self.path}: the gallery is not open")
+        return self._db
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn()
+            except sqlite3.Error as exc:
+                raise GalleryError(f"{self.path}: cannot read the gallery: {exc}") from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: everything in it is stored, or nothing is."""
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise GalleryError(f"{self.path}: cannot write the gallery: {exc}") from None
+            try:
+                yield db
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+                db.execute("COMMIT")
+            except BaseException as exc:
+                db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise GalleryError(f"{self.path}: nothing was changed: {exc}") from None
+                raise
+
+    def _person_id(self, db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise EnrollmentError(f"no one named {name!r} is enrolled")
+        return row[0]
+
+    # -- writes --------------------------------------------------------------------
+
+    def enroll(self, name: str, embeddings: Sequence[np.ndarray], qualities: Sequence[float],
+               replace: bool = False) -> PersonInfo:
+        """Store templates for ``name``, all or nothing.
+
+        A new name creates the person.  An existing name gets these templates
+        *added* to theirs; with ``replace=True`` their templates (of every
+        model) are replaced instead.  Embeddings must be finite, non-zero
+        (128,) vectors; they are stored normalised to unit length.
+        """
+        name = check_name(name)
+        if len(embeddings) == 0:
+            raise EnrollmentError(f"nothing enrolled for {name!r}: no templates given")
+        if len(embeddings) != len(qualities):
+            raise EnrollmentError(f"nothing enrolled for {name!r}: {len(embeddings)} embeddings "
+                                  f"but {len(qualities)} quality values")
+        rows = []
+        for i, (emb, q) in enumerate(zip(embeddings, qualities), 1):
+            e = np.asarray(emb, dtype=np.float32)
+            if e.shape != (EMBEDDING_DIM,):
+                raise EnrollmentError(f"nothing enrolled for {name!r}: template {i} has shape {e.shape}, "
+                                      f"not ({EMBEDDING_DIM},)")
+            norm = float(np.linalg.norm(e)) if np.isfinite(e).all() else float("nan")
+            if not np.isfinite(norm) or norm < 1e-6:
+                raise EnrollmentError(f"nothing enrolled for {name!r}: template {i} is not a finite, "
+                                      "non-zero vector")
+            if not np.isfinite(float(q)):
+                raise EnrollmentError(f"nothing enrolled for {name!r}: quality {i} is {q!r}")
+            rows.append(((e / norm).astype("<f4").tobytes(), float(q)))
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                pid = db.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, now)).lastrowid
+            else:
+                pid = row[0]
+                if replace:
+                    db.execute("DELETE FROM templates WHERE person_id = ?", (pid,))
+            db.executemany(
+                "INSERT INTO templates (person_id, embedding, quality, created, model_hash) VALUES (?, ?, ?, ?, ?)",
+                [(pid, blob, q, now, self.model_hash) for blob, q in rows])
+        info = self.person(name)
+        if row is None:
+            log.info("enrolled %s with %d templates", info.name, len(rows))
+        elif replace:
+            log.info("replaced the templates of %s: now %d", info.name, info.templates)
+        else:
+            log.info("added %d templates to %s: now %d", len(rows), info.name, info.templates)
+        return info
+
+    def remove(self, name: str) -> None:
+        """Forget a person and all their templates."""
+        name = check_name(name)
+        with self._write() as db:
+            db.execute("DELETE FROM people WHERE id = ?", (self._person_id(db, name),))
+        log.info("removed %s", name)
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = check_name(old), check_name(new)
+        with self._write() as db:
+            pid = self._person_id(db, old)
+            clash = db.execute("SELECT id FROM people WHERE name = ? AND id != ?", (new, pid)).fetchone()
+            if clash is not None:
+                raise EnrollmentError(f"cannot rename {old!r} to {new!r}: that name is already enrolled")
+            db.execute("UPDATE people SET name = ? WHERE id = ?", (new, pid))
+        log.info("renamed %s to %s", old, new)
+
+    def set_schedule(self, name: str, schedule: Schedule | None) -> None:
+        """Limit when ``name`` may enter; None lets them in at any time."""
+        name = check_name(name)
+        text = None if schedule is None else schedule.to_json()
+        with self._write() as db:
+            db.execute("UPDATE people SET schedule = ? WHERE id = ?", (text, self._person_id(db, name)))
+
+    def purge_stale(self) -> int:
+        """Delete templates made by other models; returns how many.  People stay (with their schedules)."""
+        with self._write() as db:
+            n = db.execute("DELETE FROM templates WHERE model_hash != ?", (self.model_hash,)).rowcount
+        if n:
+            log.info("deleted %d templates made by another model", n)
+        return n
+
+    # -- reads -----------------------------------------------------------------------
+
+    def people(self) -> list[PersonInfo]:
+        """Everyone enrolled, by name."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT p.name, COUNT(t.id), p.created, p.schedule FROM people p "
+                "LEFT JOIN templates t ON t.person_id = p.id AND t.model_hash = ? "
+                "GROUP BY p.id ORDER BY p.name", (self.model_hash,)).fetchall()
+        return [PersonInfo(n, count, created, self._schedule(n, s)) for n, count, created, s in rows]
+
+    def person(self, name: str) -> PersonInfo:
+        name = check_name(name)
+        for p in self.people():
+            if p.name.casefold() == name.casefold():
+                return p
+        raise EnrollmentError(f"no one named {name!r} is enrolled")
+
+    def schedule(self, name: str) -> Schedule | None:
+        return self.person(name).schedule
+
+    def stale_templates(self) -> dict[str, int]:
+        """Templates made by another model, per person: they are ignored until re-enrolled."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT p.name, COUNT(*) FROM templates t JOIN people p ON p.id = t.person_id "
+                "WHERE t.model_hash != ? GROUP BY p.id ORDER BY p.name", (self.model_hash,)).fetchall()
+        return dict(rows)
+
+    def matcher(self) -> Matcher:
+        """A matcher over this model's templates only."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id "
+                "WHERE t.model_hash = ? ORDER BY p.name, t.id", (self.model_hash,)).fetchall()
+        bad = sorted({n for n, blob in rows if len(blob) != 4 * EMBEDDING_DIM})
+        if bad:
+            raise GalleryError(f"{self.path}: damaged templates for {', '.join(bad)}; re-enroll them "
+                               "with --replace")
+        matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4").reshape(-1, EMBEDDING_DIM)
+        return Matcher([n for n, _ in rows], matrix.astype(np.float32))
+
+    def version(self) -> int:
+        """Changes whenever any process commits a change to this gallery."""
+        with self._read() as db:
+            return int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+
+    def _schedule(self, name: str, text: str | None) -> Schedule | None:
+        if text is None:
+            return None
+        try:
+            return Schedule.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GalleryError(f"{self.path}: the schedule of {name!r} is damaged ({exc}); "
+                               "set it again with the schedule command") from None

@@ -1,0 +1,12 @@
+#!/bin/sh
+# Install the lock as a systemd service (run as root from the project folder).
+set -eu
+PREFIX=$(cd "$(dirname "$0")/.." && pwd)
+getent group lock >/dev/null || groupadd --system lock
+id lock >/dev/null 2>&1 || useradd --system --gid lock --home-dir /var/lib/lock --shell /usr/sbin/nologin lock
+for g in gpio video; do getent group "$g" >/dev/null && usermod -aG "$g" lock || true; done
+install -d -m 0755 /etc/lock
+[ -f /etc/lock/config.yaml ] || install -m 0640 -g lock "$PREFIX/config.yaml" /etc/lock/config.yaml
+sed "s#@PREFIX@#$PREFIX#g" "$PREFIX/systemd/lock.service" > /etc/systemd/system/lock.service
+systemctl daemon-reload
+echo "installed: edit /etc/lock/config.yaml, then: systemctl enable --now lock"

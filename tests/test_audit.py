@@ -1,0 +1,98 @@
+"""The local audit log (SQLite)."""
+
+from __future__ import annotations
+
+import logging
+import stat
+
+from lock import events
+from lock.audit import DAY, AuditLog
+from lock.config import AuditSettings
+from lock.events import Event, EventBus
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path, clock=None, keep_days: int = 90) -> AuditLog:
+    audit = AuditLog(AuditSettings(path=str(tmp_path / "var" / "audit.db"), keep_days=keep_days),
+                     clock=clock or Clock(1_700_000_000.0))
+    assert audit.open()
+    return audit
+
+
+def test_records_and_reads_back_with_scores(tmp_path):
+    audit = make(tmp_path)
+    bus = EventBus()
+    bus.subscribe(audit.record)
+    bus.publish(Event(events.RECOGNIZED, time=1_700_000_000.0, person="alice", detail={"votes": 2},
+                      private={"score": 0.93, "margin": 0.2}))
+    bus.publish(Event(events.UNKNOWN_FACE_IMAGE, time=1_700_000_001.0, detail={"jpeg": b"\xff\xd8" * 10}))
+    rows = audit.recent(10)
+    assert [r.kind for r in rows] == ["unknown_face_image", "recognized"]
+    assert rows[0].detail == {"jpeg": {"bytes": 20}}  # images are not stored
+    assert rows[1].person == "alice" and rows[1].time == 1_700_000_000.0
+    assert rows[1].detail == {"votes": 2} and rows[1].private == {"score": 0.93, "margin": 0.2}
+    audit.close()
+    again = make(tmp_path)
+    assert len(again.recent(10)) == 2
+    again.close()
+
+
+def test_file_is_private(tmp_path):
+    audit = make(tmp_path)
+    audit.record(Event(events.EXIT_BUTTON, time=1.0e9))
+    for p in (tmp_path / "var").iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    audit.close()
+
+
+def test_rotation_deletes_old_rows_at_open_and_daily(tmp_path):
+    clock = Clock(1_700_000_000.0)
+    audit = make(tmp_path, clock, keep_days=7)
+    audit.record(Event(events.UNKNOWN, time=clock.now - 10 * DAY))
+    audit.record(Event(events.UNKNOWN, time=clock.now - 1 * DAY))
+    audit.close()
+
+    audit = make(tmp_path, clock, keep_days=7)  # at open
+    assert [r.time for r in audit.recent(10)] == [clock.now - DAY]
+
+    clock.now += 6.5 * DAY  # the 1-day-old row is now 7.5 days old; the next write after a day rotates
+    audit.record(Event(events.DENIED, time=clock.now))
+    assert [r.kind for r in audit.recent(10)] == ["denied"]
+    audit.close()
+
+
+def test_unusable_path_is_logged_clearly_and_never_raises(tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    audit = AuditLog(AuditSettings(path=str(blocker / "audit.db")))
+    with caplog.at_level(logging.ERROR, logger="lock.audit"):
+        assert not audit.open()
+        for _ in range(5):
+            audit.record(Event(events.UNKNOWN, time=1.0))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "not-a-dir" in errors[0].getMessage()
+    assert audit.recent() == []
+
+
+def test_failing_writes_keep_stored_rows_and_log_once(tmp_path, caplog):
+    audit = make(tmp_path)
+    audit.record(Event(events.RECOGNIZED, time=1.0e9, person="bob", private={"score": 0.8}))
+    # Simulate a full disk: SQLite answers SQLITE_FULL once the file may not grow.
+    pages = audit._conn.execute("PRAGMA page_count").fetchone()[0]
+    audit._conn.execute(f"PRAGMA max_page_count={pages}")
+    with caplog.at_level(logging.ERROR, logger="lock.audit"):
+        for i in range(200):
+            audit.record(Event(events.UNKNOWN, time=1.0e9 + i, detail={"pad": "x" * 2000}))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "full" in errors[0].getMessage()
+    rows = audit.recent(1000)
+    assert rows[-1].person == "bob" and rows[-1].private == {"score": 0.8}
+    assert audit._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    audit.close()

@@ -1,0 +1,241 @@
+"""The door on gpiozero's MockFactory: relay pulse, contact, exit button, force-off.
+
+Timing checks allow for a slow machine: they assert order and generous bounds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gpiozero
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from lock.config import DoorSettings
+from lock.door import Door, force_off, main
+from lock.errors import DoorError
+from lock.events import EventBus
+
+RELAY, CONTACT, BUTTON = 17, 27, 22
+
+
+@pytest.fixture
+def factory():
+    return MockFactory()
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+def make(factory, events, **kw) -> Door:
+    base = dict(relay_pin=f"GPIO{RELAY}", unlock_seconds=0.2, held_open_seconds=30.0, bounce_seconds=0)
+    base.update(kw)
+    bus = EventBus()
+    bus.subscribe(events.append)
+    return Door(DoorSettings(**base), bus, pin_factory=factory)
+
+
+def wired(factory, events, **kw) -> Door:
+    """A door with contact and exit button, opened, the door shut, events cleared."""
+    door = make(factory, events, contact_pin=f"GPIO{CONTACT}", exit_button_pin=f"GPIO{BUTTON}", **kw).open()
+    factory.pin(CONTACT).drive_low()   # reed switch closed: door shut
+    events.clear()
+    return door
+
+
+def wait_for(predicate, timeout=5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def summary(events) -> list:
+    return [(e.kind, dict(e.detail)) for e in events]
+
+
+def states(factory, pin=RELAY) -> list[bool]:
+    return [s.state for s in factory.pin(pin).states]
+
+
+# -- relay -----------------------------------------------------------------------
+
+def test_constructor_touches_no_pin_and_open_rests_locked(factory, events):
+    door = make(factory, events)
+    assert factory.pin(RELAY).function == "input"
+    door.open()
+    assert factory.pin(RELAY).function == "output"
+    assert states(factory) == [False]            # never energised, not even for a moment
+    assert door.state == "LOCKED" and door.contact_open is None
+    assert summary(events) == [("lock_state", {"state": "LOCKED"})]
+    door.close()
+
+
+def test_unlock_pulses_the_relay_for_unlock_seconds(factory, events):
+    with make(factory, events, unlock_seconds=0.2) as door:
+        door.unlock("test")
+        assert factory.pin(RELAY).state is True and door.state == "UNLOCKED"
+        assert wait_for(lambda: not factory.pin(RELAY).state)
+        assert door.state == "LOCKED"
+    history = factory.pin(RELAY).states
+    assert [s.state for s in history] == [False, True, False]
+    assert 0.19 <= history[2].timestamp < 2.0    # time spent energised
+    assert summary(events)[1:] == [("lock_state", {"state": "UNLOCKED"}), ("lock_state", {"state": "LOCKED"})]
+
+
+def test_repeated_unlock_restarts_the_pulse(factory, events):
+    with make(factory, events, unlock_seconds=0.3) as door:
+        door.unlock()
+        time.sleep(0.2)
+        door.unlock()
+        assert wait_for(lambda: not factory.pin(RELAY).state)
+    history = factory.pin(RELAY).states
+    assert [s.state for s in history] == [False, True, False]  # one continuous pulse
+    assert history[2].timestamp >= 0.45
+
+
+def test_active_low_relay_inverts_levels(factory, events):
+    with make(factory, events, relay_active_high=False, unlock_seconds=0.2) as door:
+        assert factory.pin(RELAY).state is True      # inactive = high
+        door.unlock()
+        assert factory.pin(RELAY).state is False
+        assert wait_for(lambda: factory.pin(RELAY).state)
+    assert states(factory)[-3:] == [True, False, True]
+
+
+def test_lock_ends_the_pulse_now(factory, events):
+    with make(factory, events, unlock_seconds=30) as door:
+        door.unlock()
+        door.lock()
+        assert factory.pin(RELAY).state is False and door.state == "LOCKED"
+        door.lock()                                   # harmless when already locked
+    assert states(factory) == [False, True, False]
+
+
+def test_close_while_energised_turns_the_relay_off_and_releases_pins(factory, events):
+    door = make(factory, events, unlock_seconds=30).open()
+    door.unlock()
+    door.close()
+    assert factory.pin(RELAY).state is False and door.closed
+    assert factory.pin(RELAY).function == "input"
+    assert summary(events)[-1] == ("lock_state", {"state": "LOCKED"})
+    door.close()                                      # idempotent
+    with pytest.raises(DoorError):
+        door.unlock()
+
+
+def test_exception_in_with_block_leaves_the_relay_off(factory, events):
+    with pytest.raises(RuntimeError):
+        with make(factory, events, unlock_seconds=30) as door:
+            door.unlock()
+            raise RuntimeError("boom")
+    assert factory.pin(RELAY).state is False
+
+
+def test_unlock_before_open_is_an_error(factory, events):
+    with pytest.raises(DoorError, match="open"):
+        make(factory, events).unlock()
+
+
+def test_a_bad_pin_names_the_key_and_releases_what_was_claimed(factory, events):
+    door = make(factory, events, contact_pin="GPIO99")   # kept alive: gpiozero closes devices on GC
+    with pytest.raises(DoorError, match="door.contact_pin"):
+        door.open()
+    assert factory.pin(RELAY).function == "input"
+    make(factory, events).open().close()              # the relay pin is free again
+
+
+# -- door contact ----------------------------------------------------------------
+
+def test_door_relocks_as_soon_as_it_closes_after_opening(factory, events):
+    with wired(factory, events, unlock_seconds=30) as door:
+        door.unlock("face")
+        factory.pin(CONTACT).drive_high()             # door opens
+        assert door.state == "OPEN" and door.contact_open is True
+        assert factory.pin(RELAY).state is True
+        factory.pin(CONTACT).drive_low()              # and shuts
+        assert factory.pin(RELAY).state is False and door.state == "LOCKED"
+    assert summary(events) == [
+        ("lock_state", {"state": "UNLOCKED"}),
+        ("door_contact", {"open": True}), ("lock_state", {"state": "OPEN"}),
+        ("door_contact", {"open": False}), ("lock_state", {"state": "LOCKED"}),
+    ]
+
+
+def test_contact_polarity_can_be_inverted(factory, events):
+    door = make(factory, events, contact_pin=f"GPIO{CONTACT}", contact_open_when_high=False).open()
+    assert door.contact_open is False                 # pull-up reads high: shut
+    factory.pin(CONTACT).drive_low()
+    assert door.contact_open is True
+    door.close()
+
+
+def test_door_held_open_raises_one_event(factory, events):
+    with wired(factory, events, unlock_seconds=0.1, held_open_seconds=0.2) as door:
+        door.unlock()
+        factory.pin(CONTACT).drive_high()
+        assert wait_for(lambda: any(e.kind == "door_held_open" for e in events))
+        time.sleep(0.4)
+        assert [e.kind for e in events].count("door_held_open") == 1
+        assert door.state == "OPEN" and factory.pin(RELAY).state is False   # the pulse still ended
+        factory.pin(CONTACT).drive_low()
+        assert door.state == "LOCKED"
+    assert "door_forced" not in [e.kind for e in events]
+
+
+def test_held_open_timer_stops_when_the_door_shuts(factory, events):
+    with wired(factory, events, held_open_seconds=0.2) as door:
+        door.unlock()
+        factory.pin(CONTACT).drive_high()
+        factory.pin(CONTACT).drive_low()
+        time.sleep(0.4)
+    assert "door_held_open" not in [e.kind for e in events]
+
+
+def test_door_forced_when_it_opens_while_locked(factory, events):
+    with wired(factory, events) as door:
+        factory.pin(CONTACT).drive_high()
+        assert door.state == "OPEN"
+    assert [e.kind for e in events][:3] == ["door_contact", "door_forced", "lock_state"]
+
+
+# -- exit button -----------------------------------------------------------------
+
+def test_exit_button_unlocks(factory, events):
+    with wired(factory, events, unlock_seconds=30):
+        factory.pin(BUTTON).drive_low()               # pressed (pull-up, switch to ground)
+        factory.pin(BUTTON).drive_high()
+        assert factory.pin(RELAY).state is True
+    assert summary(events)[:2] == [("exit_button", {}), ("lock_state", {"state": "UNLOCKED"})]
+
+
+# -- force_off and python -m lock.door --off -------------------------------------
+
+@pytest.mark.parametrize("active_high", [True, False])
+def test_force_off_drives_the_pin_inactive(factory, active_high):
+    crashed = gpiozero.DigitalOutputDevice(RELAY, active_high=active_high, pin_factory=factory)
+    crashed.on()
+    crashed.close()                                   # the process died with the relay on
+    assert factory.pin(RELAY).state is active_high
+    force_off(DoorSettings(relay_pin=str(RELAY), relay_active_high=active_high), pin_factory=factory)
+    assert factory.pin(RELAY).state is (not active_high)
+
+
+def test_main_off_exits_2_on_bad_config(tmp_path, capsys):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("door:\n  relay_pins: 17\n")
+    assert main(["--off", "--config", str(bad)]) == 2
+    assert "door.relay_pins" in capsys.readouterr().err
+
+
+def test_main_off_forces_the_relay_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)   # restored after the test
+    good = tmp_path / "config.yaml"
+    good.write_text("door:\n  relay_pin: 23\n  relay_active_high: false\n")
+    assert main(["--off", "--config", str(good)]) == 0
+    assert gpiozero.Device.pin_factory.pin(23).state is True    # active-low: off is high

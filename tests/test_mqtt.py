@@ -1,0 +1,301 @@
+"""The MQTT bridge against a real mosquitto (tests/plugins/broker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from lock import events
+from lock.events import Event, EventBus
+from lock.mqtt import MqttBridge, Topics, check, discovery_messages
+
+
+class RecordingHandler:
+    """The daemon's side of the commands: records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self._lock = threading.Lock()
+
+    def _add(self, name: str, arg: object) -> None:
+        with self._lock:
+            self.calls.append((name, arg))
+
+    def unlock(self, source: str) -> None:
+        self._add("unlock", source)
+
+    def open(self, source: str) -> None:
+        self._add("open", source)
+
+    def lock(self, source: str) -> None:
+        self._add("lock", source)
+
+    def set_face_unlock(self, enabled: bool) -> None:
+        self._add("face_unlock", enabled)
+
+
+def wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def bus_events():
+    """A bus and the list of everything published on it."""
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(seen.append)
+    return bus, seen
+
+
+@pytest.fixture
+def make_bridge(bus_events):
+    bridges: list[MqttBridge] = []
+
+    def make(settings, handler=None, start=True, **kwargs) -> MqttBridge:
+        bridge = MqttBridge(settings, bus_events[0], handler or RecordingHandler(), **kwargs)
+        bridges.append(bridge)
+        if start:
+            bridge.start()
+            wait(lambda: bridge.connected)
+        return bridge
+
+    yield make
+    for bridge in bridges:
+        bridge.stop(flush_seconds=0.5)
+
+
+# ----------------------------------------------------------------------------- discovery (pure)
+
+def test_discovery_messages_are_complete(mqtt_broker):
+    settings = mqtt_broker.settings()
+    msgs = dict(discovery_messages(settings, has_contact=False))
+    components = sorted(topic.split("/")[1] for topic in msgs)
+    assert components == ["event", "lock", "sensor", "sensor", "sensor", "switch"]
+    unique = {p["unique_id"] for p in msgs.values()}
+    assert len(unique) == len(msgs)
+    for topic, payload in msgs.items():
+        assert topic.startswith("homeassistant/") and topic.endswith("/config")
+        assert payload["device"]["identifiers"] and payload["device"]["name"] == "Front door"
+        assert payload["availability"][0]["topic"] == "face_lock/availability"
+        assert "state_topic" in payload or "command_topic" in payload
+    lock = next(p for t, p in msgs.items() if "/lock/" in t)
+    assert lock["command_topic"] == "face_lock/lock/set" and lock["payload_open"] == "OPEN"
+    assert lock["state_jammed"] == "JAMMED" and "code_format" not in lock
+    event = next(p for t, p in msgs.items() if "/event/" in t)
+    assert set(event["event_types"]) == set(events.DOOR_EVENTS)
+    diag = [p for p in msgs.values() if p.get("entity_category") == "diagnostic"]
+    assert len(diag) == 2
+
+    full = dict(discovery_messages(settings.model_copy(update={"unknown_image": True, "code_env": "X"}), True))
+    door = next(p for t, p in full.items() if "/binary_sensor/" in t)
+    assert door["device_class"] == "door"
+    image = next(p for t, p in full.items() if "/image/" in t)
+    assert image["content_type"] == "image/jpeg" and image["image_topic"] == "face_lock/unknown_face"
+    lock = next(p for t, p in full.items() if "/lock/" in t)
+    assert "code_format" in lock and "code" in lock["command_template"]
+
+
+def test_unique_ids_are_stable_and_distinct_per_device(mqtt_broker):
+    a = discovery_messages(mqtt_broker.settings(), False)
+    assert a == discovery_messages(mqtt_broker.settings(), False)
+    b = discovery_messages(mqtt_broker.settings(base_topic="back_door"), False)
+    assert {p["unique_id"] for _, p in a}.isdisjoint(p["unique_id"] for _, p in b)
+
+
+# ----------------------------------------------------------------------------- on a broker
+
+def test_discovery_and_availability_are_published_retained(mqtt_broker, mqtt_subscriber, make_bridge):
+    settings = mqtt_broker.settings(unknown_image=True)
+    bridge = make_bridge(settings, has_contact=True)
+    expected = [topic for topic, _ in discovery_messages(settings, has_contact=True)]
+    late = mqtt_subscriber(mqtt_broker)  # joins after: sees retained copies only
+    late.wait_until(lambda c: all(c.on(t) for t in expected + ["face_lock/availability"]))
+    for topic in expected:
+        (_, payload, retained), = late.on(topic)
+        config = json.loads(payload)
+        assert retained and config["unique_id"] and config["device"] and config["availability"]
+    assert late.on("face_lock/availability")[-1][1:] == (b"online", True)
+
+    bridge.stop()
+    assert not bridge.connected
+    after = mqtt_subscriber(mqtt_broker, "face_lock/availability")
+    after.wait_for("face_lock/availability")
+    assert after.on("face_lock/availability")[-1][1:] == (b"offline", True)
+
+
+def test_discovery_resent_when_home_assistant_comes_online(mqtt_broker, mqtt_subscriber, make_bridge):
+    make_bridge(mqtt_broker.settings())
+    sub = mqtt_subscriber(mqtt_broker, "homeassistant/lock/#")
+    sub.wait_until(lambda c: len(c.messages) == 1)
+    sub.publish("homeassistant/status", "online")
+    sub.wait_until(lambda c: len(c.messages) == 2)
+
+
+def test_events_keep_original_time_and_hide_scores(mqtt_broker, mqtt_subscriber, make_bridge, bus_events):
+    bus, _ = bus_events
+    make_bridge(mqtt_broker.settings())
+    sub = mqtt_subscriber(mqtt_broker, "face_lock/#")
+    bus.publish(Event(events.RECOGNIZED, time=1000.5, person="alice", detail={"votes": 2},
+                      private={"score": 0.91}))
+    (_, payload, retained), = sub.wait_for("face_lock/event")
+    assert json.loads(payload) == {"event_type": "recognized", "time": 1000.5, "person": "alice", "votes": 2}
+    assert not retained
+    assert sub.wait_for("face_lock/last_person")[0][1] == b"alice"
+
+    bus.publish(Event(events.LOCK_STATE, time=1001.0, detail={"state": "UNLOCKED"}))
+    bus.publish(Event(events.FACE_UNLOCK, time=1002.0, detail={"enabled": False}))
+    bus.publish(Event(events.STATS, time=1003.0, detail={"fps": 9.5, "latency_ms": 80.0}))
+    assert json.loads(sub.wait_for("face_lock/stats")[0][1])["fps"] == 9.5
+    late = mqtt_subscriber(mqtt_broker, "face_lock/#")  # states are retained: a late subscriber gets them
+    late.wait_until(lambda c: len(c.messages) >= 4)
+    assert late.on("face_lock/lock/state")[0][1:] == (b"UNLOCKED", True)
+    assert late.on("face_lock/face_unlock/state")[0][1:] == (b"OFF", True)
+    assert late.on("face_lock/last_person")[0][1:] == (b"alice", True)
+    assert late.on("face_lock/event") == []
+
+
+def test_scores_published_only_when_turned_on(mqtt_broker, mqtt_subscriber, make_bridge, bus_events):
+    bus, _ = bus_events
+    make_bridge(mqtt_broker.settings(publish_scores=True))
+    sub = mqtt_subscriber(mqtt_broker, "face_lock/event")
+    bus.publish(Event(events.UNKNOWN, time=5.0, private={"score": 0.2}))
+    assert json.loads(sub.wait_for("face_lock/event")[0][1])["score"] == 0.2
+
+
+def test_unlock_command_calls_the_handler(mqtt_broker, mqtt_subscriber, make_bridge):
+    handler = RecordingHandler()
+    make_bridge(mqtt_broker.settings(), handler)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    sub.publish("face_lock/lock/set", "UNLOCK")
+    sub.publish("face_lock/lock/set", "open")
+    sub.publish("face_lock/face_unlock/set", "OFF")
+    wait(lambda: len(handler.calls) == 3)
+    assert handler.calls == [("unlock", "mqtt"), ("open", "mqtt"), ("face_unlock", False)]
+
+
+def test_retained_unlock_is_ignored(mqtt_broker, mqtt_subscriber, make_bridge):
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    sub.publish("face_lock/lock/set", "UNLOCK", retain=True)
+    handler = RecordingHandler()
+    make_bridge(mqtt_broker.settings(), handler)
+    sub.publish("face_lock/lock/set", "LOCK")  # same topic, so it arrives after the retained one
+    wait(lambda: handler.calls)
+    time.sleep(0.2)
+    assert handler.calls == [("lock", "mqtt")]
+
+
+def test_code_is_required_when_configured(mqtt_broker, mqtt_subscriber, make_bridge, bus_events, monkeypatch):
+    monkeypatch.setenv("LOCK_TEST_CODE", "4321")
+    _, seen = bus_events
+    handler = RecordingHandler()
+    make_bridge(mqtt_broker.settings(code_env="LOCK_TEST_CODE"), handler)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    sub.publish("face_lock/lock/set", json.dumps({"action": "UNLOCK", "code": "1234"}))
+    sub.publish("face_lock/lock/set", "UNLOCK")  # no code at all
+    wait(lambda: len([e for e in seen if e.kind == events.DENIED]) == 2)
+    assert handler.calls == []
+    assert all(e.detail["reason"] == "bad_code" for e in seen if e.kind == events.DENIED)
+    sub.publish("face_lock/lock/set", json.dumps({"action": "UNLOCK", "code": "4321"}))
+    wait(lambda: handler.calls)
+    assert handler.calls == [("unlock", "mqtt")]
+
+
+def test_commands_are_rate_limited(mqtt_broker, mqtt_subscriber, make_bridge):
+    handler = RecordingHandler()
+    make_bridge(mqtt_broker.settings(commands_per_minute=5), handler)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    for _ in range(100):
+        sub.publish("face_lock/lock/set", "UNLOCK")
+    time.sleep(0.5)
+    assert 5 <= len(handler.calls) <= 6
+
+
+def test_garbage_is_ignored_and_the_bridge_keeps_working(mqtt_broker, mqtt_subscriber, make_bridge):
+    handler = RecordingHandler()
+    bridge = make_bridge(mqtt_broker.settings(commands_per_minute=100), handler)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    for payload in (os.urandom(64), b"\xff\xfe\x00", b"U" * 5000, b"EXPLODE", b"[1, 2]", b'{"action": 7}',
+                    b'{"action": "UNLOCK"', b"", b"   ", "UNLOCK\u0000"):
+        sub.publish("face_lock/lock/set", payload)
+    sub.publish("face_lock/face_unlock/set", b"MAYBE")
+    sub.publish("face_lock/lock/set", "UNLOCK")
+    wait(lambda: handler.calls)
+    time.sleep(0.2)
+    assert handler.calls == [("unlock", "mqtt")] and bridge.connected
+
+
+def test_events_survive_a_broker_outage_in_order(mqtt_broker_factory, mqtt_subscriber, make_bridge, bus_events):
+    bus, _ = bus_events
+    broker = mqtt_broker_factory(persistent=True)
+    bridge = make_bridge(broker.settings(retry_max_seconds=2))
+    sub = mqtt_subscriber(broker, "face_lock/event", client_id="outage-collector")
+    broker.stop()
+    wait(lambda: not bridge.connected)
+    for t in (1.0, 2.0, 3.0):  # the door keeps working: publishing never blocks or fails
+        bus.publish(Event(events.EXIT_BUTTON, time=t))
+    assert bridge.queued == 3
+    broker.start()
+    got = sub.wait_for("face_lock/event", 3, timeout=20)
+    assert [json.loads(p)["time"] for _, p, _ in got] == [1.0, 2.0, 3.0]
+    assert bridge.queued == 0 and bridge.dropped == 0
+
+
+def test_queue_overflow_drops_the_oldest_and_counts(mqtt_broker, mqtt_subscriber, make_bridge):
+    bridge = make_bridge(mqtt_broker.settings(queue_size=3), start=False)
+    for t in range(5):
+        bridge.on_event(Event(events.UNKNOWN, time=float(t)))
+    assert bridge.dropped == 2 and bridge.queued == 3
+    sub = mqtt_subscriber(mqtt_broker, "face_lock/event")
+    bridge.start()
+    got = sub.wait_for("face_lock/event", 3)
+    assert [json.loads(p)["time"] for _, p, _ in got] == [2.0, 3.0, 4.0]
+
+
+def test_bad_credentials_never_connect_and_are_not_retried_in_a_loop(mqtt_broker_factory, make_bridge, tmp_path):
+    broker = mqtt_broker_factory(users={"lock": "right-password"})
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("wrong-password\n")
+    bridge = make_bridge(broker.settings(username="lock", password_file=str(secret)), start=False)
+    bridge.start()
+    wait(lambda: bridge.last_error is not None)
+    time.sleep(3)
+    assert not bridge.connected
+    assert "refused" in bridge.last_error and "reason code" in bridge.last_error
+    attempts = broker.log().count("Sending CONNACK")  # one refused try in 3 s, not a loop
+    assert attempts == 1, broker.log()
+
+    secret.write_text("right-password\n")
+    ok, why = check(broker.settings(username="lock", password_file=str(secret)))
+    assert ok, why
+
+
+def test_check_reports_plainly(mqtt_broker, tmp_path):
+    ok, why = check(mqtt_broker.settings())
+    assert ok and "connected" in why
+    closed = mqtt_broker.settings()
+    mqtt_broker.stop()
+    ok, why = check(closed)
+    assert not ok and "cannot reach" in why and str(closed.port) in why
+
+
+def test_bad_password_check(mqtt_broker_factory, tmp_path):
+    broker = mqtt_broker_factory(users={"lock": "pw"})
+    secret = tmp_path / "pw"
+    secret.write_text("nope")
+    ok, why = check(broker.settings(username="lock", password_file=str(secret)))
+    assert not ok and "refused" in why
+
+
+def test_constructor_does_no_io(bus_events):
+    from lock.config import MQTTSettings
+    bridge = MqttBridge(MQTTSettings(port=1, password_file="/nonexistent"), bus_events[0], RecordingHandler())
+    assert not bridge.connected and bridge.last_error is None
+    assert Topics.of(bridge.settings).lock_command == "face_lock/lock/set"

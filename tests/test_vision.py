@@ -1,0 +1,175 @@
+"""The vision core with the real int8 models on real photographs."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from lock.config import Settings, parse
+from lock.errors import ImageError, ModelError
+from lock.imageio import load_image
+from lock.scenes import background, paste
+from lock.vision.align import TEMPLATE, align, similarity
+from lock.vision.mtcnn import Detector, nms, pyramid_scales
+from lock.vision.pipeline import FacePipeline, main_face
+from lock.vision.runtime import Runtime
+from lock.config import REPO_ROOT
+
+MODELS = REPO_ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def pipe() -> FacePipeline:
+    return FacePipeline(parse({"vision": {"min_face": 40}})).open()
+
+
+def cos(a, b) -> float:
+    return float(a @ b)
+
+
+def test_one_face_per_single_photo(pipe, photos):
+    for path in photos.singles:
+        frame = load_image(path)
+        faces = pipe.detect(frame)
+        assert len(faces) == 1, f"{path.name}: {len(faces)} faces"
+        x1, y1, x2, y2 = faces.boxes[0]
+        lm = faces.landmarks[0]
+        assert ((lm[:, 0] > x1) & (lm[:, 0] < x2) & (lm[:, 1] > y1) & (lm[:, 1] < y2)).all(), path.name
+        assert lm[0, 0] < lm[1, 0], "left eye must be left of right eye"
+        assert lm[2, 1] > lm[:2, 1].max() and lm[3:, 1].min() > lm[2, 1] - 5, "eyes, nose, mouth from top down"
+        assert faces.scores[0] > 0.9
+
+
+def test_no_face_on_blank_or_noise(pipe):
+    blank = np.full((480, 640, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for frame in (blank, noise, background((480, 640))):
+        faces = pipe.detect(frame)
+        assert len(faces) == 0
+        assert faces.boxes.shape == (0, 4) and faces.landmarks.shape == (0, 5, 2)
+
+
+def test_face_found_when_pasted_anywhere(pipe, photos):
+    rng = np.random.default_rng(1)
+    photo = load_image(photos.singles[0])
+    scene = background((480, 640))
+    for _ in range(5):
+        h = int(rng.uniform(200, 300))
+        w = photo.shape[1] * h // photo.shape[0]
+        cx, cy = rng.uniform(w / 2, 640 - w / 2), rng.uniform(h / 2, 480 - h / 2)
+        frame = paste(scene, photo, h, (cx, cy))
+        faces = pipe.detect(frame)
+        assert len(faces) == 1
+        bx = (faces.boxes[0, 0] + faces.boxes[0, 2]) / 2
+        by = (faces.boxes[0, 1] + faces.boxes[0, 3]) / 2
+        assert abs(bx - cx) < w / 2 and abs(by - cy) < h / 2, "the face lies inside the pasted photo"
+
+
+def test_embeddings_identify_celebrities(pipe, photos):
+    def emb(path):
+        frame = load_image(path)
+        faces = pipe.detect(frame)
+        i = main_face(faces, frame.shape)
+        return None if i is None else pipe.embed(frame, faces.landmarks[i])
+
+    train, val = photos.celebrities("train"), photos.celebrities("val")
+    gallery = [(name, e) for name, paths in train.items() for p in paths if (e := emb(p)) is not None]
+    names = np.array([n for n, _ in gallery])
+    mat = np.stack([e for _, e in gallery])
+    for _, e in gallery:
+        assert abs(np.linalg.norm(e) - 1) < 1e-4
+    right = total = 0
+    for name, paths in val.items():
+        for p in paths:
+            e = emb(p)
+            if e is None:
+                continue
+            total += 1
+            right += names[int(np.argmax(mat @ e))] == name
+    assert total >= 20
+    assert right / total >= 0.9, f"{right}/{total} val photos identified"
+    sims = mat @ mat.T
+    same = names[:, None] == names[None, :]
+    off = ~np.eye(len(names), dtype=bool)
+    assert sims[same & off].mean() - sims[~same].mean() > 0.4
+
+
+def test_alignment_maps_landmarks_onto_template():
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        ang = rng.uniform(-0.5, 0.5)
+        r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        src = (TEMPLATE - 80) @ r.T * rng.uniform(0.5, 3) + rng.uniform(100, 400, 2)
+        m = similarity(src + rng.normal(0, 0.5, src.shape), TEMPLATE)
+        mapped = src @ m[:, :2].T + m[:, 2]
+        assert np.abs(mapped - TEMPLATE).max() < 4.0
+
+
+def test_rotated_photo_embeds_like_upright(pipe, photos):
+    frame = load_image(photos.singles[1])
+    h, w = frame.shape[:2]
+    big = cv2.copyMakeBorder(frame, h // 2, h // 2, w // 2, w // 2, cv2.BORDER_REPLICATE)
+    H, W = big.shape[:2]
+    rot = cv2.warpAffine(big, cv2.getRotationMatrix2D((W / 2, H / 2), 15, 1.0), (W, H),
+                         borderMode=cv2.BORDER_REPLICATE)
+    embs = []
+    for img in (big, rot):
+        faces = pipe.detect(img)
+        assert len(faces) == 1
+        embs.append(pipe.embed(img, faces.landmarks[0]))
+    assert cos(*embs) >= 0.9
+
+
+def test_pure_helpers():
+    assert pyramid_scales(480, 640, 80, 0.709)[0] == pytest.approx(12 / 80)
+    assert pyramid_scales(10, 10, 80, 0.709) == []
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5)
+    assert list(keep) == [0, 2]
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+
+
+def test_truncated_and_non_image_files_are_named(tmp_path, photos):
+    data = photos.singles[0].read_bytes()
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(data[: len(data) // 3])
+    txt = tmp_path / "notes.jpg"
+    txt.write_text("not a picture")
+    for p in (bad, txt):
+        with pytest.raises(ImageError, match=p.name):
+            load_image(p)
+
+
+def _copy_models(tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    for f in MODELS.glob("*.tflite"):
+        shutil.copy(f, d / f.name)
+    shutil.copy(MODELS / "manifest.json", d / "manifest.json")
+    return d
+
+
+def test_missing_truncated_or_altered_model_is_named(tmp_path):
+    d = _copy_models(tmp_path)
+    (d / "rnet.tflite").unlink()
+    with pytest.raises(ModelError, match="rnet.tflite.*missing"):
+        Detector(Runtime(d).open()).open()
+
+    d = _copy_models(tmp_path / "b")
+    data = (d / "onet.tflite").read_bytes()
+    (d / "onet.tflite").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="onet.tflite.*truncated"):
+        Detector(Runtime(d).open()).open()
+
+    d = _copy_models(tmp_path / "c")
+    data = bytearray((d / "facenet.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "facenet.tflite").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="facenet.tflite.*altered"):
+        FacePipeline(Settings(), runtime=Runtime(d)).open()
+
+    with pytest.raises(ModelError, match="manifest missing"):
+        Runtime(tmp_path / "nowhere").open()
