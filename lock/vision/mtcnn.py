@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-
 import cv2
 import numpy as np
 
@@ -29,7 +27,17 @@ from lock.vision.runtime import Net, Runtime
 log = logging.getLogger(__name__)
 
 PNET, RNET, ONET = "pnet.tflite", "rnet.tflite", "onet.tflite"
-PIXEL_MEAN, PIXEL_SCALE = 127.5, 0.0078125  # the normalisation MTCNN was trained with
+PIXEL_SCALE = 0.0078125  # MTCNN was trained on (pixel - 127.5) * 0.0078125
+
+
+def pixel_lut(quant) -> np.ndarray:
+    """Input code for each uint8 pixel value.
+
+    The float models take (pixel - 127.5) / 128.  The int8 models take
+    q = pixel - 128 exactly (scale 1/128, zero point 0): the build folded the
+    remaining half step into conv1's bias (models/manifest.json, preprocessing).
+    """
+    return quant.pixel_lut(128.0 if quant.scale else 127.5, PIXEL_SCALE)
 STRIDE, CELL = 2, 12
 
 
@@ -140,7 +148,7 @@ class BatchedNet:
         self.size = size
         self.nets = {b: Net(runtime.interpreter(filename, (b, size, size, 3))) for b in buckets}
         self.buckets = sorted(buckets)
-        self.lut = next(iter(self.nets.values())).input_quant.pixel_lut(PIXEL_MEAN, PIXEL_SCALE)
+        self.lut = pixel_lut(next(iter(self.nets.values())).input_quant)
         dtype = next(iter(self.nets.values())).input_quant.dtype
         self._inputs = {b: np.zeros((b, size, size, 3), dtype) for b in buckets}
 
@@ -191,11 +199,11 @@ class Detector:
         if key not in self._pnets:
             levels = []
             for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
-                hs, ws = int(math.ceil(h * s)), int(math.ceil(w * s))
+                hs, ws = int(h * s + 1), int(w * s + 1)
                 net = Net(self.runtime.interpreter(PNET, (1, hs, ws, 3)))
                 levels.append((s, (hs, ws), net))
             if levels and self._pnet_lut is None:
-                self._pnet_lut = levels[0][2].input_quant.pixel_lut(PIXEL_MEAN, PIXEL_SCALE)
+                self._pnet_lut = pixel_lut(levels[0][2].input_quant)
             if len(self._pnets) >= 4:  # frames of many sizes (enrolling from files): keep a few
                 self._pnets.pop(next(iter(self._pnets)))
             self._pnets[key] = levels

@@ -107,6 +107,7 @@ class Runtime:
         self.name = ""
         self.delegate_in_use: dict[str, str] = {}
         self._manifest: dict[str, Any] = {}
+        self._files: dict[str, dict[str, Any]] = {}
         self._verified: set[Path] = set()
         self._Interpreter: Any = None
         self._load_delegate: Any = None
@@ -125,6 +126,9 @@ class Runtime:
             raise ModelError(f"{mpath}: cannot read the model manifest: {exc}") from None
         if not isinstance(self._manifest.get("models"), dict):
             raise ModelError(f"{mpath}: no 'models' table in the manifest")
+        # entries are keyed by network name, each naming its file
+        self._files = {e["file"]: e for e in self._manifest["models"].values()
+                       if isinstance(e, dict) and "file" in e}
         return self
 
     @property
@@ -136,7 +140,7 @@ class Runtime:
         path = self.models_dir / filename
         if path in self._verified:
             return path
-        entry = self._manifest.get("models", {}).get(filename)
+        entry = self._files.get(filename)
         if entry is None:
             raise ModelError(f"{path}: not listed in {self.models_dir / self.manifest_name}")
         if not path.is_file():
@@ -153,7 +157,7 @@ class Runtime:
         return path
 
     def model_hash(self, filename: str) -> str:
-        return self._manifest["models"][filename]["sha256"]
+        return self._files[filename]["sha256"]
 
     def _edgetpu_delegate(self, filename: str) -> Any:
         if self._edgetpu is not None or self._edgetpu_failed:
@@ -177,7 +181,7 @@ class Runtime:
         path = self.model_path(filename)
         if self.coral and input_shape is None:
             tpu_name = path.stem + "_edgetpu.tflite"
-            if (self.models_dir / tpu_name).is_file() and tpu_name in self._manifest["models"]:
+            if (self.models_dir / tpu_name).is_file() and tpu_name in self._files:
                 delegate = self._edgetpu_delegate(tpu_name)
                 if delegate is not None:
                     try:

@@ -1,0 +1,79 @@
+"""config.yaml and its validation; `lock` exits 2 with the key path on a bad file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lock import config
+from lock.config import REPO_ROOT
+
+
+def test_config_yaml_lists_every_setting_with_its_default():
+    text = (REPO_ROOT / "config.yaml").read_text()
+    assert config.load(REPO_ROOT / "config.yaml") == config.Settings()
+
+    def keys(model, prefix=""):
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, config.Section):
+                yield from keys(value, prefix + name + ".")
+            else:
+                yield prefix + name
+
+    data = yaml.safe_load(text)
+    for key in keys(config.Settings()):
+        node = data
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"config.yaml does not list {key}"
+            node = node[part]
+
+
+@pytest.mark.parametrize("doc, where", [
+    ({"camera": {"fps": 0}}, "camera.fps"),
+    ({"camera": {"source": "webcam"}}, "camera.source"),
+    ({"door": {"unlock_seconds": "long"}}, "door.unlock_seconds"),
+    ({"match": {"threshold": 3}}, "match.threshold"),
+    ({"mqtt": {"port": 70000}}, "mqtt.port"),
+    ({"mqtt": {"tls": {"verify": "maybe"}}}, "mqtt.tls.verify"),
+    ({"vision": {"thresholds": [0.6, 0.7]}}, "vision.thresholds"),
+    ({"vision": {"thresholds": [0.6, 0.7, 1.5]}}, "vision.thresholds"),
+    ({"decide": {"votes": 0}}, "decide.votes"),
+    ({"quality": {"min_brightness": 200, "max_brightness": 100}}, "quality.min_brightness"),
+    ({"door": {"relay_pn": 17}}, "door.relay_pn"),
+    ({"cameras": {}}, "cameras"),
+])
+def test_bad_values_name_the_key_path(doc, where):
+    with pytest.raises(config.ConfigError, match=where.replace(".", r"\.")):
+        config.parse(doc, "test.yaml")
+
+
+def run_lock(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lock", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("body, where", [
+    ("camera:\n  fps: -3\n", "camera.fps"),
+    ("door:\n  relay_active_high: sometimes\n", "door.relay_active_high"),
+    ("gallery: [1, 2]\n", "gallery"),
+    ("mqtt:\n  enabled: true\n  port: abc\n", "mqtt.port"),
+    ("camera:\n  fps: [oops\n", "not valid YAML"),
+    ("- a list\n", "top level"),
+    ("decide:\n  lockout_seconds: -1\n", "decide.lockout_seconds"),
+])
+def test_cli_exits_2_with_the_key_path(tmp_path, body, where):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(body)
+    r = run_lock("--config", str(cfg), "run")
+    assert r.returncode == 2, r.stderr
+    assert where in r.stderr and str(cfg) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_is_named(tmp_path):
+    r = run_lock("--config", str(tmp_path / "nope.yaml"), "run")
+    assert r.returncode == 2 and "nope.yaml" in r.stderr
