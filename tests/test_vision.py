@@ -145,7 +145,7 @@ def test_truncated_and_non_image_files_are_named(tmp_path, photos):
 
 def _copy_models(tmp_path):
     d = tmp_path / "models"
-    d.mkdir()
+    d.mkdir(parents=True)
     for f in MODELS.glob("*.tflite"):
         shutil.copy(f, d / f.name)
     shutil.copy(MODELS / "manifest.json", d / "manifest.json")

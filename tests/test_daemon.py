@@ -1,0 +1,155 @@
+"""End to end: files camera → real models → gallery → decision → relay (MockFactory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+
+from lock import events as ev
+from lock.control import request
+from lock.daemon import Daemon
+from lock.enroll import enroll_files
+from lock.gallery import Gallery
+from lock.vision.pipeline import FacePipeline
+from tests import scenario
+from tests.scenario import Running, active_spans, relay_history
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return FacePipeline(scenario.settings(tmp_path_factory.mktemp("p"))).open()
+
+
+def enroll(pipe, s, name, photos):
+    with Gallery(s.gallery.path, pipe.model_hash) as g:
+        return enroll_files(pipe, g, name, photos)
+
+
+@pytest.fixture
+def people(photos):
+    train, val = photos.celebrities("train"), photos.celebrities("val")
+    names = sorted(train)
+    return {"a": names[0], "b": names[1], "stranger": names[-1], "train": train, "val": val}
+
+
+def test_enrolled_person_unlocks_once_for_the_pulse(tmp_path, pipe, people):
+    a = people["a"]
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(5) + scenario.walk(people["val"][a][0], 15)
+                                   + scenario.empty(5))
+    s = scenario.settings(tmp_path, frames)
+    enroll(pipe, s, a, people["train"][a][:6])
+    factory = MockFactory()
+    d = Daemon(s, pin_factory=factory)
+    with Running(d) as run:
+        run.wait()
+        assert scenario.wait_until(lambda: d.door.state == "LOCKED", 5)
+        recognized = run.kinds(ev.RECOGNIZED)
+        assert [e.person for e in recognized] == [a]
+        assert not run.kinds(ev.UNKNOWN)
+        assert "score" not in recognized[0].detail and "score" in recognized[0].private
+    spans = active_spans(relay_history(factory))
+    assert len(spans) == 1 and 0.5 <= spans[0] <= 2.0, spans
+    assert relay_history(factory)[-1][1] is False
+
+
+def test_stranger_gets_one_unknown_and_no_unlock(tmp_path, pipe, people):
+    a, stranger = people["a"], people["stranger"]
+    frames = scenario.write_frames(tmp_path / "frames", scenario.walk(people["val"][stranger][0], 20))
+    s = scenario.settings(tmp_path, frames)
+    enroll(pipe, s, a, people["train"][a][:6])
+    factory = MockFactory()
+    with Running(Daemon(s, pin_factory=factory)) as run:
+        run.wait()
+        assert not run.kinds(ev.RECOGNIZED)
+        assert len(run.kinds(ev.UNKNOWN)) == 1
+    assert active_spans(relay_history(factory)) == []
+
+
+def test_two_enrolled_people_in_one_track_do_not_unlock(tmp_path, pipe, people):
+    a, b = people["a"], people["b"]
+    fa = scenario.walk(people["val"][a][0], 12, seed=5)
+    fb = scenario.walk(people["val"][b][0], 12, seed=5)  # same seed: same place in the frame
+    mixed = [fa[i] if i % 2 == 0 else fb[i] for i in range(12)]
+    frames = scenario.write_frames(tmp_path / "frames", mixed)
+    s = scenario.settings(tmp_path, frames)
+    enroll(pipe, s, a, people["train"][a][:6])
+    enroll(pipe, s, b, people["train"][b][:6])
+    factory = MockFactory()
+    with Running(Daemon(s, pin_factory=factory)) as run:
+        run.wait()
+        assert not run.kinds(ev.RECOGNIZED)
+        # both were seen (the votes really alternated), yet nobody was let in
+        assert run.daemon.stats.embeddings >= 4
+    assert active_spans(relay_history(factory)) == []
+
+
+def test_control_socket_unlock_lock_status(tmp_path, pipe):
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True})
+    factory = MockFactory()
+    d = Daemon(s, pin_factory=factory)
+    with Running(d, stop_when_exhausted=False) as run:
+        sock = s.control.socket
+        assert oct(os.stat(sock).st_mode & 0o777) == "0o660"
+        st = list(request(sock, {"cmd": "status"}))[-1]
+        assert st["ok"] and st["status"]["door"] == "LOCKED"
+        assert "score" not in json.dumps(st)
+        assert list(request(sock, {"cmd": "unlock"}))[-1]["ok"]
+        assert scenario.wait_until(lambda: d.door.state == "UNLOCKED", 2)
+        assert run.kinds(ev.REMOTE_UNLOCK)
+        assert list(request(sock, {"cmd": "lock"}))[-1]["ok"]
+        assert d.door.state == "LOCKED"
+        bad = list(request(sock, {"cmd": "explode"}))[-1]
+        assert not bad["ok"] and "unknown command" in bad["error"]
+        assert list(request(sock, {"cmd": "status"}))[-1]["ok"], "still up after a bad request"
+    assert relay_history(factory)[-1][1] is False
+
+
+HARNESS = """
+import json, sys
+from gpiozero.pins.mock import MockFactory
+from lock import config
+from lock.daemon import Daemon
+settings = config.load(sys.argv[1])
+factory = MockFactory()
+d = Daemon(settings, config_path=sys.argv[1], pin_factory=factory)
+d.install_signals()
+try:
+    d.open()
+    d.run()
+finally:
+    d.close()
+    pin = factory.pin(settings.door.relay_pin)
+    json.dump([bool(s.state) for s in pin.states], open(sys.argv[2], "w"))
+"""
+
+
+def test_sigterm_while_energised_leaves_the_relay_off(tmp_path):
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True}, door={"unlock_seconds": 30})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    out = tmp_path / "pin.json"
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS, str(cfg), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert scenario.wait_until(lambda: os.path.exists(s.control.socket), 60), "daemon did not come up"
+        assert list(request(s.control.socket, {"cmd": "unlock"}))[-1]["ok"]
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    states = json.loads(out.read_text())
+    assert True in states, "the relay was energised before SIGTERM"
+    assert states[-1] is False, "the relay is off after SIGTERM"
+    assert proc.returncode == 0

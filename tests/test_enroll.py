@@ -1,0 +1,91 @@
+"""Enrollment from files with the real pipeline; the gallery is never half-written."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from lock.enroll import enroll_files
+from lock.errors import EnrollmentError
+from lock.gallery import Gallery
+from lock.imageio import load_image
+from lock.scenes import background
+from lock.vision.pipeline import FacePipeline
+from tests import scenario
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return FacePipeline(scenario.settings(tmp_path_factory.mktemp("p"))).open()
+
+
+def mixed_folder(tmp_path, photos):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(photos.singles[0], d / "good.jpg")
+    a, b = load_image(photos.singles[0]), load_image(photos.singles[3])
+    h = 600
+    a = np.asarray(Image.fromarray(a).resize((a.shape[1] * h // a.shape[0], h)))
+    b = np.asarray(Image.fromarray(b).resize((b.shape[1] * h // b.shape[0], h)))
+    Image.fromarray(np.concatenate([a, b], axis=1)).save(d / "two_faces.jpg")
+    Image.fromarray(background((480, 640))).save(d / "no_face.jpg")
+    data = photos.singles[1].read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return d
+
+
+def snapshot(path, model_hash):
+    with Gallery(path, model_hash) as g:
+        return [(p.name, p.templates) for p in g.people()], g.stale_templates()
+
+
+def test_folder_stores_the_good_one_and_names_the_others(tmp_path, pipe, photos):
+    d = mixed_folder(tmp_path, photos)
+    path = tmp_path / "gallery.db"
+    with Gallery(path, pipe.model_hash) as g:
+        report = enroll_files(pipe, g, "first person", sorted(d.iterdir()))
+    assert report.stored == [str(d / "good.jpg")]
+    why = dict(report.rejected)
+    assert "2 faces" in why[str(d / "two_faces.jpg")]
+    assert "no face" in why[str(d / "no_face.jpg")]
+    assert "truncated" in why[str(d / "truncated.jpg")]
+    assert snapshot(path, pipe.model_hash)[0] == [("first person", 1)]
+
+
+def test_failed_enrollment_leaves_the_gallery_as_it_was(tmp_path, pipe, photos):
+    d = mixed_folder(tmp_path, photos)
+    path = tmp_path / "gallery.db"
+    with Gallery(path, pipe.model_hash) as g:
+        enroll_files(pipe, g, "first person", [d / "good.jpg"])
+    before = snapshot(path, pipe.model_hash)
+    raw_before = path.read_bytes()
+    with Gallery(path, pipe.model_hash) as g:
+        with pytest.raises(EnrollmentError, match="nothing enrolled"):
+            enroll_files(pipe, g, "second person", [d / "two_faces.jpg", d / "no_face.jpg", d / "truncated.jpg"])
+        with pytest.raises(EnrollmentError):
+            enroll_files(pipe, g, "first person", [d / "no_face.jpg"])
+    assert snapshot(path, pipe.model_hash) == before
+    assert path.read_bytes() == raw_before
+
+
+def test_cli_enroll_reports_each_file_by_name(tmp_path, photos):
+    d = mixed_folder(tmp_path, photos)
+    s = scenario.settings(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "first person", str(d)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1  # some files were skipped
+    assert "Traceback" not in r.stderr
+    for name in ("two_faces.jpg", "no_face.jpg", "truncated.jpg"):
+        assert name in r.stdout
+    assert "enrolled first person: 1 template(s)" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "faces", "list"],
+                       capture_output=True, text=True, timeout=120)
+    assert "first person: 1 template(s)" in r.stdout, r.stdout + r.stderr
