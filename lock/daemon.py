@@ -157,7 +157,6 @@ class Daemon:
                 self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None)
                 self.mqtt.start()
             self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
-            self.bus.publish(ev.Event.now(ev.LOCK_STATE, state=self.door.state))
             self.control = ControlServer(s.control.socket, self._handle, group=s.control.group)
             self.control.start()
             self.camera = self._camera or make_camera(s.camera)

@@ -29,7 +29,7 @@ def _recording(photos: Path, out: Path, size: tuple[int, int]) -> tuple[str, str
 
     people = sorted(p for p in (photos / "celebrities" / "train").iterdir() if p.is_dir())
     member, stranger = people[0], people[-1]
-    enroll = sorted(member.glob("*.jpg"))[:6]
+    enroll = sorted(member.glob("*.jpg"))
     rng = np.random.default_rng(7)
     scene = background(size, 1)
     val = photos / "celebrities" / "val"
