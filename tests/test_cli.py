@@ -1,0 +1,58 @@
+"""The vision commands of the CLI, run as a person would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def lock(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lock", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_embed_jsonl_contract(tmp_path, photos):
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for p in photos.singles[:2]:
+        (d / "sub" / p.name).write_bytes(p.read_bytes())
+    (d / "blank.png").write_bytes(
+        __import__("cv2").imencode(".png", np.full((300, 300, 3), 90, np.uint8))[1].tobytes())
+    r = lock("embed", str(d), str(photos.singles[3]), "--jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 4
+    by_name = {row["path"].rsplit("/", 1)[1]: row for row in rows}
+    assert by_name["blank.png"]["faces"] == [] and by_name["blank.png"]["embedding"] is None
+    for name in (photos.singles[0].name, photos.singles[1].name, photos.singles[3].name):
+        row = by_name[name]
+        assert set(row) >= {"path", "faces", "embedding"}
+        assert len(row["faces"]) == 1
+        face = row["faces"][0]
+        assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0 < face["score"] <= 1
+        e = np.array(row["embedding"])
+        assert e.shape == (128,) and abs(np.linalg.norm(e) - 1) < 1e-3
+    same = np.dot(by_name["obama.jpg"]["embedding"], by_name["obama2.jpg"]["embedding"])
+    other = np.dot(by_name["obama.jpg"]["embedding"], by_name["biden.jpg"]["embedding"])
+    assert same > other + 0.2
+
+
+def test_verify_prints_faces_and_similarities(tmp_path, photos):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    r = lock("verify", str(photos.singles[0]), str(photos.singles[1]), str(bad))
+    assert r.returncode == 1  # one file could not be read
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "broken.jpg" in r.stdout and "1 face(s)" in r.stdout
+    assert "similarity" in r.stdout
+
+
+def test_bench_prints_every_stage(photos):
+    r = lock("bench", "--frames", "3", "--repeat", "1")
+    assert r.returncode == 0, r.stderr
+    for label in ("pyramid+P-Net", "R-Net", "O-Net", "align", "embed", "runtime ai_edge_litert"):
+        assert label in r.stdout
+    stages = json.loads(r.stdout.strip().splitlines()[-1])["stages"]
+    assert stages["embed"]["median_ms"] > 0 and stages["pnet"]["median_ms"] > 0
