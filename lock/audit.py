@@ -27,6 +27,7 @@ from lock.events import Event
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+REOPEN_SECONDS = 30.0  # after a failed open, how often record() tries again
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -73,26 +74,24 @@ class AuditLog:
         self._lock = threading.Lock()
         self._failing = False
         self._last_rotation = 0.0
+        self._wanted = False        # open() was called and close() was not
+        self._reopen_at = 0.0
 
     @property
     def is_open(self) -> bool:
         return self._conn is not None
 
     def open(self) -> bool:
-        """Open (creating it 0600) and drop rows older than ``keep_days``; False, logged, if unusable."""
+        """Open (creating it 0600) and drop rows older than ``keep_days``; False, logged, if unusable.
+
+        After a failed open (a full disk, say) :meth:`record` tries again every
+        ``REOPEN_SECONDS``, so recording resumes by itself once the cause is gone.
+        """
+        self._wanted = True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            mode = stat.S_IMODE(self.path.stat().st_mode)
-            if mode & 0o077:
-                log.warning("audit log %s was readable by others (mode %o); setting it to 0600", self.path, mode)
-                os.chmod(self.path, 0o600)
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA)
-            conn.commit()
+            conn = self._connect()
         except (OSError, sqlite3.Error) as exc:
+            self._reopen_at = time.monotonic() + REOPEN_SECONDS
             self._report(f"cannot open {self.path}: {exc}")
             return False
         with self._lock:
@@ -100,8 +99,46 @@ class AuditLog:
         self.rotate()
         return True
 
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("audit log %s was readable by others (mode %o); setting it to 0600", self.path, mode)
+            os.chmod(self.path, 0o600)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _retry_open(self) -> None:
+        """Opened once but failed (full disk...): try again, at most every REOPEN_SECONDS."""
+        now = time.monotonic()
+        if not self._wanted or now < self._reopen_at:
+            return
+        self._reopen_at = now + REOPEN_SECONDS
+        try:
+            conn = self._connect()
+        except (OSError, sqlite3.Error):
+            return
+        with self._lock:
+            if self._conn is not None or not self._wanted:   # opened or closed meanwhile
+                conn.close()
+                return
+            self._conn = conn
+            if self._failing:
+                log.info("audit log %s: open again, recording events", self.path)
+                self._failing = False
+
     def close(self) -> None:
         with self._lock:
+            self._wanted = False
             conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -111,6 +148,8 @@ class AuditLog:
 
     def record(self, event: Event) -> None:
         """Store one event (bus subscriber); never raises."""
+        if self._conn is None:
+            self._retry_open()
         with self._lock:
             if self._conn is None:
                 self._report(f"{self.path} is not open; event {event.kind} not recorded")

@@ -24,6 +24,8 @@ from lock.errors import ControlError
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 32          # connections served at once; more are told "busy" (no thread each)
+REQUEST_TIMEOUT = 10.0    # seconds a client may take to send its request line
 Handler = Callable[[dict, Callable[[str], None]], dict]
 
 
@@ -37,6 +39,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,17 +70,40 @@ class ControlServer:
         log.info("control socket at %s", self.path)
 
     def _serve(self) -> None:
+        sock = self._sock
+        last_error = None
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
-                break
-            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            except OSError as exc:  # closed by close(), or e.g. EMFILE: too many open files
+                if self._stop.is_set():
+                    break
+                if str(exc) != last_error:
+                    log.warning("control socket: accept failed: %s; going on", exc)
+                last_error = str(exc)
+                self._stop.wait(0.1)
+                continue
+            last_error = None
+            # A flood of connections must neither take a thread each nor stop this loop.
+            if not self._slots.acquire(blocking=False):
+                _refuse(conn, f"busy: more than {MAX_CLIENTS} connections at once; try again")
+                continue
+            try:
+                threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            except RuntimeError:  # cannot start a new thread
+                self._slots.release()
+                _refuse(conn, "busy: cannot serve this connection now; try again")
 
     def _client(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
+        try:
+            self._serve_client(conn)
+        finally:
+            self._slots.release()
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        conn.settimeout(REQUEST_TIMEOUT)
         with conn:
             def send(obj: dict) -> None:
                 conn.sendall((json.dumps(obj) + "\n").encode())
@@ -94,7 +120,7 @@ class ControlServer:
                     return
                 try:
                     req = json.loads(data.split(b"\n", 1)[0].decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
+                except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[...
                     send({"ok": False, "error": "malformed request: one JSON object per line expected"})
                     return
                 if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
@@ -122,6 +148,17 @@ class ControlServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _refuse(conn: socket.socket, error: str) -> None:
+    """Tell a client we will not serve it, without waiting for it."""
+    try:
+        conn.setblocking(False)
+        conn.send((json.dumps({"ok": False, "error": error}) + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def _alive(path: Path) -> bool:

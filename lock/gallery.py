@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 EMBEDDING_DIM = 128
 MAX_NAME = 64
 SCHEMA_VERSION = 1
+REOPEN_SECONDS = 30.0  # while read-only (full disk...), how often to try writing again
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -130,6 +132,8 @@ class Gallery:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._read_only = False
+        self._reopen_at = 0.0
 
     # -- life cycle ------------------------------------------------------------
 
@@ -143,20 +147,13 @@ class Gallery:
         except OSError as exc:
             raise GalleryError(f"{self.path}: cannot create the gallery: {exc.strerror or exc} "
                                "(check gallery.path and the directory's owner)") from None
-        db = None
         try:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 10000")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            ok = db.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
-            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+            db, schema = self._connect()
+        except sqlite3.OperationalError as exc:
+            # Not damage: a full disk, an I/O error, permissions, a lock.  The door only reads the
+            # gallery, so open it read-only if that can be done, and say plainly what is wrong.
+            db, schema = self._connect_read_only(exc)
         except sqlite3.DatabaseError as exc:
-            if db is not None:
-                db.close()
             raise GalleryError(f"{self.path}: not a usable gallery database ({exc}); move it aside and "
                                "re-enroll everyone, or restore it from a backup") from None
         if schema > SCHEMA_VERSION:
@@ -170,9 +167,99 @@ class Gallery:
                         self.path, sum(stale.values()), ", ".join(sorted(stale)))
         return self
 
+    def _connect(self) -> tuple[sqlite3.Connection, int]:
+        """A read-write connection (WAL, schema in place) and the schema version; raises sqlite3.Error."""
+        db = None
+        try:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        return db, schema
+
+    def _trouble(self, exc: BaseException) -> str:
+        """What went wrong opening or writing the file, in words (a full disk said as such)."""
+        try:
+            st = os.statvfs(self.path.parent)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = None
+        text = str(exc)
+        if "full" in text or (free is not None and free < 256 * 1024):
+            where = f"{free // 1024} KiB free" if free is not None else "no space"
+            return f"{text}: the file system holding it is full ({where}); free some space"
+        if "locked" in text or "busy" in text:
+            return f"{text}: another process is writing it; try again"
+        if any(w in text for w in ("I/O", "readonly", "read-only", "unable to open", "permission")):
+            return f"{text}: check the disk, and that the file and its folder belong to the service user"
+        return text
+
+    def _connect_read_only(self, cause: BaseException) -> tuple[sqlite3.Connection, int]:
+        """After ``cause`` prevented a read-write open: a read-only connection, or a clear GalleryError."""
+        why = self._trouble(cause)
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        tries = [uri + "?mode=ro"]
+        wal = Path(f"{self.path}-wal")
+        # immutable skips the -shm file a full disk cannot create; only right when no WAL holds changes.
+        if not wal.exists() or wal.stat().st_size == 0:
+            tries.append(uri + "?immutable=1")
+        for target in tries:
+            db = None
+            try:
+                db = sqlite3.connect(target, uri=True, timeout=10.0, isolation_level=None,
+                                     check_same_thread=False)
+                db.execute("PRAGMA busy_timeout = 10000")
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("integrity check failed")
+                schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+            except sqlite3.Error:
+                if db is not None:
+                    db.close()
+                continue
+            log.error("%s: cannot open the gallery for writing (%s); opened it READ-ONLY: the door "
+                      "recognises the people enrolled so far, enrolling and other changes fail until this is "
+                      "fixed (tried again every %.0f s)", self.path, why, REOPEN_SECONDS)
+            self._read_only = True
+            self._reopen_at = time.monotonic() + REOPEN_SECONDS
+            return db, schema
+        raise GalleryError(f"{self.path}: cannot open the gallery ({why}); nothing in it was changed") from None
+
+    def _maybe_reopen(self, force: bool = False) -> None:
+        """While read-only, try a read-write open now and then; switch to it once it works."""
+        if not self._read_only or (not force and time.monotonic() < self._reopen_at):
+            return
+        self._reopen_at = time.monotonic() + REOPEN_SECONDS
+        try:
+            db, _ = self._connect()
+        except sqlite3.Error:
+            return
+        with self._lock:
+            if self._db is None:   # closed meanwhile
+                db.close()
+                return
+            old, self._db = self._db, db
+            self._read_only = False
+        old.close()
+        log.warning("%s: the gallery can be written again", self.path)
+
+    @property
+    def read_only(self) -> bool:
+        """Opened read-only because it could not be written (full disk...): changes fail, matching works."""
+        return self._read_only
+
     def close(self) -> None:
         with self._lock:
             db, self._db = self._db, None
+            self._read_only = False
             if db is not None:
                 db.close()
 
@@ -204,20 +291,30 @@ class Gallery:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction: everything in it is stored, or nothing is."""
+        self._maybe_reopen(force=True)
         with self._lock:
             db = self._conn()
+            if self._read_only:
+                raise GalleryError(f"{self.path}: nothing was changed: the gallery is open read-only "
+                                   f"({self._trouble(sqlite3.OperationalError('cannot write it'))})")
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise GalleryError(f"{self.path}: cannot write the gallery: {exc}") from None
+                raise GalleryError(f"{self.path}: cannot write the gallery: {self._trouble(exc)}") from None
             try:
                 yield db
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
                 db.execute("COMMIT")
             except BaseException as exc:
-                db.execute("ROLLBACK")
+                # SQLite may already have rolled the transaction back itself (SQLITE_FULL, SQLITE_IOERR);
+                # a second ROLLBACK would raise and hide the real error.
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as rb:
+                        log.warning("%s: rollback failed: %s", self.path, rb)
                 if isinstance(exc, sqlite3.Error):
-                    raise GalleryError(f"{self.path}: nothing was changed: {exc}") from None
+                    raise GalleryError(f"{self.path}: nothing was changed: {self._trouble(exc)}") from None
                 raise
 
     def _person_id(self, db: sqlite3.Connection, name: str) -> int:
@@ -353,6 +450,7 @@ class Gallery:
 
     def version(self) -> int:
         """Changes whenever any process commits a change to this gallery."""
+        self._maybe_reopen()
         with self._read() as db:
             return int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
 

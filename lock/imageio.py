@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 40_000_000   # a 40 MP photo is already larger than any phone's
 MIN_SIDE = 32             # smaller cannot hold a face worth matching
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The formats photos come in (the extensions above); Pillow's other decoders
+# (EPS runs Ghostscript; PPM, SGI, PCX, ... raise ValueError on bad headers)
+# are never handed an untrusted file.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
 # Pillow's own guard agrees with ours: Image.open refuses larger images before
 # decoding a single pixel.  Truncated files must fail, never decode half-grey.
@@ -55,21 +59,42 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if size == 0:
         raise ImageError(f"{p}: empty file")
 
+    # Pillow's and numpy's warnings about a damaged file (corrupt EXIF, odd tags) are noise on
+    # the terminal: the file is either decoded or refused with one line saying why.
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(p)
+            img = Image.open(p, formats=FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             m = _BOMB_PIXELS.search(str(exc))
             what = f"{int(m.group(1)) / 1e6:.0f} megapixels" if m else "the image"
             raise ImageError(f"{p}: {what} is larger than the {MAX_PIXELS // 1_000_000} MP limit; "
                              "use a smaller photo") from None
         except UnidentifiedImageError:
-            raise ImageError(f"{p}: not an image (or a format Pillow cannot read)") from None
-        except OSError as exc:
-            raise ImageError(f"{p}: cannot read it: {exc}") from None
-    with img:
-        return _decode(p, img)
+            raise ImageError(f"{p}: not an image (or not one of {', '.join(FORMATS)})") from None
+        except PermissionError as exc:
+            raise ImageError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # OSError, ValueError, SyntaxError, struct.error, ... for a bad header
+            raise ImageError(f"{p}: truncated or corrupt {_sniff(p)} ({exc})") from None
+        with img:
+            return _decode(p, img)
+
+
+def _sniff(p: Path) -> str:
+    """The format a file's first bytes claim, for messages about files Pillow could not open."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "image"
+    for magic, name in ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+                        (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")):
+        if head.startswith(magic):
+            return name
+    return "WEBP" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else "image"
 
 
 def _decode(p: Path, img: Image.Image) -> np.ndarray:
@@ -98,7 +123,7 @@ def _decode(p: Path, img: Image.Image) -> np.ndarray:
 def _to_rgb(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
-        a = np.asarray(img).astype(np.float32)
+        a = np.nan_to_num(np.asarray(img).astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if mode != "F" and a.max(initial=0) > 255:  # 16-bit samples: 0..65535
             a = a / 257.0
         gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)

@@ -503,8 +503,12 @@ class MqttBridge:
             if message.payload == ONLINE.encode():
                 log.info("MQTT: Home Assistant is online, sending discovery again")
                 with self._cond:
-                    self._control.extend(self._discovery())
-                    self._control.extend(self._last_state.values())
+                    # Replace what is still waiting: a flood of "online" must not grow the queue.
+                    fresh = self._discovery() + list(self._last_state.values())
+                    topics = {m.topic for m in fresh}
+                    kept = [m for m in self._control if m.topic not in topics]
+                    self._control.clear()
+                    self._control.extend(kept + fresh)
                     self._cond.notify_all()
             return
         if topic not in (self.topics.lock_command, self.topics.switch_command):
@@ -557,7 +561,9 @@ class MqttBridge:
             return True
         if self._code is _NO_CODE or given is None:
             return False
-        return hmac.compare_digest(given.encode("utf-8"), str(self._code).encode("utf-8"))
+        # surrogatepass: JSON may carry a lone surrogate ("\\ud800"), which plain UTF-8 cannot encode.
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                   str(self._code).encode("utf-8", "surrogatepass"))
 
 
 def _parse_command(text: str) -> tuple[str | None, str | None]:
@@ -565,7 +571,7 @@ def _parse_command(text: str) -> tuple[str | None, str | None]:
     if text.startswith("{"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: {"a": [[[[... within the size limit
             return None, None
         if not isinstance(data, dict) or not isinstance(data.get("action"), str):
             return None, None

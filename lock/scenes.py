@@ -51,12 +51,26 @@ def paste(scene: np.ndarray, photo: np.ndarray, height: int, centre: tuple[float
 
 
 def walkup(photo: np.ndarray, size: tuple[int, int], n: int, rng: np.random.Generator,
-           scene: np.ndarray | None = None) -> list[np.ndarray]:
-    """``n`` frames of a person (their photo) at the door: jitter in place, scale, blur, light."""
+           scene: np.ndarray | None = None, face_box: np.ndarray | None = None,
+           face_px: tuple[float, float] = (120, 200)) -> list[np.ndarray]:
+    """``n`` frames of a person (their photo) at the door: jitter in place, scale, blur, light.
+
+    With ``face_box`` (x1, y1, x2, y2 of the face in the photo), the photo is
+    scaled so that the face box's shorter side is ``face_px``, as at a door, and placed near
+    the middle of the frame; without it the photo fills 60-85 % of the height.
+    """
     h, w = size
     scene = background(size) if scene is None else scene
-    base_h = h * rng.uniform(0.6, 0.85)
-    cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.45, 0.55)
+    ph, pw = photo.shape[:2]
+    cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.5)
+    if face_box is None:
+        base_h = h * rng.uniform(0.6, 0.85)
+    else:
+        x1, y1, x2, y2 = (float(v) for v in face_box)
+        base_h = ph * rng.uniform(*face_px) / max(min(x2 - x1, y2 - y1), 1.0)
+        k = base_h / ph
+        cx -= ((x1 + x2) / 2 - pw / 2) * k  # put the face, not the photo, at (cx, cy)
+        cy -= ((y1 + y2) / 2 - ph / 2) * k
     frames = []
     for _ in range(n):
         frames.append(paste(scene, photo, base_h * rng.uniform(0.93, 1.07),

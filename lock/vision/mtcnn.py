@@ -12,7 +12,12 @@ Boxes are (x1, y1, x2, y2) floats in frame pixels; landmarks (5, 2) (x, y).
 No face gives arrays of length 0, never ``None``.
 
 The interpreters are made once per frame size (one per pyramid scale, one per
-batch bucket for R-Net and O-Net): nothing is re-allocated per frame.
+power-of-two batch for R-Net and O-Net, so K candidates run as the binary
+digits of K and no padding is ever computed), with their input buffers:
+nothing is re-allocated per frame.  The uint8 -> int8 input step is a XOR
+(q = pixel - 128) and P-Net's threshold is applied to the int8 codes, so
+only the cells that pass are dequantised; results are exactly those of the
+plain float formulation.
 """
 
 from __future__ import annotations
@@ -102,11 +107,7 @@ def window_boxes(prob: np.ndarray, reg: np.ndarray, scale: float, threshold: flo
     ys, xs = np.nonzero(prob >= threshold)
     if ys.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 4), np.float32)
-    x1 = (STRIDE * xs) / scale
-    y1 = (STRIDE * ys) / scale
-    side = CELL / scale
-    boxes = np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
-    return boxes, prob[ys, xs].astype(np.float32), reg[ys, xs].astype(np.float32)
+    return cells_to_boxes(ys, xs, scale), prob[ys, xs].astype(np.float32), reg[ys, xs].astype(np.float32)
 
 
 def regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
@@ -122,50 +123,116 @@ def square(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
 
 
-def crops(frame: np.ndarray, boxes: np.ndarray, size: int, lut: np.ndarray, out: np.ndarray) -> None:
-    """Cut each box out of the frame (zeros outside it), resize to size², quantise into ``out``."""
+def crops(frame: np.ndarray, boxes: np.ndarray, size: int, out: np.ndarray) -> None:
+    """Cut each box out of the frame (zeros outside it), resize it to size² into ``out[k]`` (uint8).
+
+    A box inside the frame is resized straight from the frame (no copy); only
+    boxes crossing the border are padded first.
+    """
     h, w = frame.shape[:2]
-    for k, (x1, y1, x2, y2) in enumerate(np.rint(boxes).astype(np.int64)):
-        bw, bh = max(int(x2 - x1), 1), max(int(y2 - y1), 1)
-        patch = np.zeros((bh, bw, 3), np.uint8)
-        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-        if sx2 > sx1 and sy2 > sy1:
-            patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+    for k, (x1, y1, x2, y2) in enumerate(np.rint(boxes).astype(np.int64).tolist()):
+        bw, bh = max(x2 - x1, 1), max(y2 - y1, 1)
+        if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h and x2 > x1 and y2 > y1:
+            patch = frame[y1:y2, x1:x2]
+        else:
+            patch = np.zeros((bh, bw, 3), np.uint8)
+            sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            if sx2 > sx1 and sy2 > sy1:
+                patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
         interp = cv2.INTER_AREA if bw > size else cv2.INTER_LINEAR
-        out[k] = lut[cv2.resize(patch, (size, size), interpolation=interp)]
+        cv2.resize(patch, (size, size), dst=out[k], interpolation=interp)
+
+
+class InputCoder:
+    """uint8 pixels -> the network's input codes, written into a preallocated input array.
+
+    For the int8 models the code is pixel - 128, i.e. the uint8 bits XOR 0x80
+    read as int8 (no table look-up, no temporary); other models use the table.
+    """
+
+    def __init__(self, quant) -> None:
+        self.lut = pixel_lut(quant)
+        self.dtype = quant.dtype
+        self.xor = self.lut.dtype == np.int8 and np.array_equal(
+            self.lut.astype(np.int16), np.arange(256, dtype=np.int16) - 128)
+
+    def __call__(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        if self.xor:
+            np.bitwise_xor(pixels, 0x80, out=out.view(np.uint8))
+        else:
+            out[...] = self.lut[pixels]
 
 
 # --- the networks -----------------------------------------------------------
 
 class BatchedNet:
-    """R-Net or O-Net with interpreters for a few fixed batch sizes.
+    """R-Net or O-Net with one interpreter per power-of-two batch up to ``max_batch``.
 
-    Candidates run in chunks of the largest bucket; the last chunk is padded up
-    to the smallest bucket that holds it, so no interpreter is ever resized.
+    K candidates run as chunks of the largest batch that fits what is left
+    (17 = 16 + 1): every candidate is computed exactly once, nothing is
+    padded, and no interpreter is ever resized.
     """
 
-    def __init__(self, runtime: Runtime, filename: str, size: int, buckets: tuple[int, ...]) -> None:
+    def __init__(self, runtime: Runtime, filename: str, size: int, max_batch: int) -> None:
         self.size = size
-        self.nets = {b: Net(runtime.interpreter(filename, (b, size, size, 3))) for b in buckets}
-        self.buckets = sorted(buckets)
-        self.lut = pixel_lut(next(iter(self.nets.values())).input_quant)
-        dtype = next(iter(self.nets.values())).input_quant.dtype
-        self._inputs = {b: np.zeros((b, size, size, 3), dtype) for b in buckets}
+        self.batches = [1 << i for i in range(max_batch.bit_length()) if (1 << i) <= max_batch]
+        self.nets = {b: Net(runtime.interpreter(filename, (b, size, size, 3))) for b in self.batches}
+        first = self.nets[1]
+        self.coder = InputCoder(first.input_quant)
+        self.max_batch = self.batches[-1]
+        self._pixels = np.zeros((self.max_batch, size, size, 3), np.uint8)
+        self._inputs = {b: np.zeros((b, size, size, 3), first.input_quant.dtype) for b in self.batches}
 
     def run(self, frame: np.ndarray, boxes: np.ndarray) -> dict[int, np.ndarray]:
         n = len(boxes)
-        results: list[dict[int, np.ndarray]] = []
+        results = {k: np.empty((n, k), np.float32) for k in self.nets[1].outputs}
         start = 0
         while start < n:
             left = n - start
-            b = next((b for b in self.buckets if b >= left), self.buckets[-1])
-            take = min(b, left)
-            x = self._inputs[b]
-            crops(frame, boxes[start:start + take], self.size, self.lut, x)
-            out = self.nets[b].run(x)
-            results.append({k: v[:take] for k, v in out.items()})
-            start += take
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+            b = self.max_batch if left >= self.max_batch else 1 << (left.bit_length() - 1)
+            pixels, x, net = self._pixels[:b], self._inputs[b], self.nets[b]
+            crops(frame, boxes[start:start + b], self.size, pixels)
+            self.coder(pixels, x)
+            net.invoke(x)
+            for k, r in results.items():
+                r[start:start + b] = net.quant(k).dequantize(net.raw(k))
+            start += b
+        return results
+
+
+class Level:
+    """One pyramid scale: its P-Net interpreter and the buffers it reads."""
+
+    def __init__(self, runtime: Runtime, scale: float, hs: int, ws: int, threshold: float) -> None:
+        self.scale, self.hs, self.ws = scale, hs, ws
+        self.net = Net(runtime.interpreter(PNET, (1, hs, ws, 3)))
+        self.coder = InputCoder(self.net.input_quant)
+        self.pixels = np.zeros((hs, ws, 3), np.uint8)
+        self.input = np.zeros((1, hs, ws, 3), self.net.input_quant.dtype)
+        self.threshold = threshold
+        self.code = self.net.quant(2).code_at_least(threshold)
+
+    def run(self, frame: np.ndarray):
+        """Windows of this scale whose face probability clears the threshold (boxes, scores, reg)."""
+        cv2.resize(frame, (self.ws, self.hs), dst=self.pixels, interpolation=cv2.INTER_AREA)
+        self.coder(self.pixels, self.input[0])
+        net = self.net
+        net.invoke(self.input)
+        prob = net.raw(2)[0, :, :, 1]
+        ys, xs = np.nonzero(prob >= (self.threshold if self.code is None else self.code))
+        if ys.size == 0:
+            return None
+        scores = net.quant(2).dequantize(prob[ys, xs]).astype(np.float32)
+        reg = net.quant(4).dequantize(net.raw(4)[0, ys, xs]).astype(np.float32)
+        return cells_to_boxes(ys, xs, self.scale), scores, reg
+
+
+def cells_to_boxes(ys: np.ndarray, xs: np.ndarray, scale: float) -> np.ndarray:
+    """P-Net output cells → their 12 px windows in frame pixels (x1, y1, x2, y2)."""
+    x1 = (STRIDE * xs) / scale
+    y1 = (STRIDE * ys) / scale
+    side = CELL / scale
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
 
 
 class Detector:
@@ -181,42 +248,38 @@ class Detector:
         self.min_face = min_face
         self.scale_factor = scale_factor
         self.thresholds = thresholds
-        self._pnets: dict[tuple[int, int], list[tuple[float, tuple[int, int], Net]]] = {}
-        self._pnet_lut: np.ndarray | None = None
+        self._pnets: dict[tuple[int, int], list[Level]] = {}
         self._rnet: BatchedNet | None = None
         self._onet: BatchedNet | None = None
 
     def open(self, frame_size: tuple[int, int] | None = None) -> "Detector":
         """Load R-Net and O-Net; with ``frame_size`` (h, w), also P-Net for each scale."""
-        self._rnet = BatchedNet(self.runtime, RNET, 24, (1, 8, 32))
-        self._onet = BatchedNet(self.runtime, ONET, 48, (1, 4, 16))
+        self._rnet = BatchedNet(self.runtime, RNET, 24, 32)
+        self._onet = BatchedNet(self.runtime, ONET, 48, 16)
         if frame_size is not None:
             self._pyramid(*frame_size)
         return self
 
-    def _pyramid(self, h: int, w: int) -> list[tuple[float, tuple[int, int], Net]]:
+    def _pyramid(self, h: int, w: int) -> list[Level]:
         key = (h, w)
-        if key not in self._pnets:
-            levels = []
-            for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
-                hs, ws = int(h * s + 1), int(w * s + 1)
-                net = Net(self.runtime.interpreter(PNET, (1, hs, ws, 3)))
-                levels.append((s, (hs, ws), net))
-            if levels and self._pnet_lut is None:
-                self._pnet_lut = pixel_lut(levels[0][2].input_quant)
+        levels = self._pnets.get(key)
+        if levels is None:
+            levels = [Level(self.runtime, s, int(h * s + 1), int(w * s + 1), self.thresholds[0])
+                      for s in pyramid_scales(h, w, self.min_face, self.scale_factor)]
             if len(self._pnets) >= 4:  # frames of many sizes (enrolling from files): keep a few
                 self._pnets.pop(next(iter(self._pnets)))
             self._pnets[key] = levels
-        return self._pnets[key]
+        return levels
 
     def propose(self, frame: np.ndarray) -> np.ndarray:
         """Stage 1: P-Net over the pyramid → square candidate boxes (K, 4)."""
         h, w = frame.shape[:2]
         all_boxes, all_scores, all_reg = [], [], []
-        for scale, (hs, ws), net in self._pyramid(h, w):
-            small = cv2.resize(frame, (ws, hs), interpolation=cv2.INTER_AREA)
-            out = net.run(self._pnet_lut[small][None])
-            boxes, scores, reg = window_boxes(out[2][0, :, :, 1], out[4][0], scale, self.thresholds[0])
+        for level in self._pyramid(h, w):
+            found = level.run(frame)
+            if found is None:
+                continue
+            boxes, scores, reg = found
             keep = nms(boxes, scores, 0.5)
             all_boxes.append(boxes[keep]); all_scores.append(scores[keep]); all_reg.append(reg[keep])
         if not all_boxes:

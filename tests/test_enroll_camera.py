@@ -1,0 +1,68 @@
+"""Guided enrollment from the camera: by the CLI alone, and through the running daemon."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+
+from lock.control import request
+from lock.daemon import Daemon
+from lock.gallery import Gallery
+from lock.vision.runtime import Runtime
+from lock.config import models_dir
+from tests import scenario
+from tests.scenario import Running
+
+
+def person_frames(photos, per_photo=4):
+    """One person (three frontal photos of them) moving about in front of the camera."""
+    frames = []
+    for i, p in enumerate(photos.singles[:3]):
+        frames += scenario.walk(p, per_photo, seed=i)
+    return "obama", frames
+
+
+def templates(s, name):
+    h = Runtime(models_dir(s)).open().model_hash("facenet.tflite")
+    with Gallery(s.gallery.path, h) as g:
+        return {p.name: p.templates for p in g.people()}.get(name, 0)
+
+
+def test_cli_enrolls_from_the_camera_when_no_daemon_runs(tmp_path, photos):
+    name, frames = person_frames(photos)
+    d = scenario.write_frames(tmp_path / "frames", scenario.empty(3) + frames)
+    s = scenario.settings(tmp_path, d, camera={"fps": 20})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "a new user", "--camera",
+                        "--count", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "view 3/3 captured" in r.stdout
+    assert "no face found" in r.stdout  # the empty porch first: the CLI said what it needs
+    assert templates(s, "a new user") == 3
+
+
+def test_camera_enrollment_fails_cleanly_without_a_face(tmp_path):
+    d = scenario.write_frames(tmp_path / "frames", scenario.empty(5))
+    s = scenario.settings(tmp_path, d, camera={"fps": 20})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "a new user", "--camera"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "nothing enrolled" in r.stderr and "Traceback" not in r.stderr
+    assert templates(s, "a new user") == 0
+
+
+def test_daemon_enrolls_from_its_camera_over_the_socket(tmp_path, photos):
+    name, frames = person_frames(photos)
+    d = scenario.write_frames(tmp_path / "frames", frames)
+    s = scenario.settings(tmp_path, d, camera={"loop": True, "fps": 15})
+    with Running(Daemon(s, pin_factory=MockFactory()), stop_when_exhausted=False):
+        msgs = list(request(s.control.socket, {"cmd": "enroll", "name": "a new user", "count": 3}, timeout=120))
+    assert msgs[-1]["ok"], msgs
+    assert any("captured" in m.get("progress", "") for m in msgs)
+    assert templates(s, "a new user") == 3
