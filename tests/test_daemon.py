@@ -153,3 +153,54 @@ def test_sigterm_while_energised_leaves_the_relay_off(tmp_path):
     assert True in states, "the relay was energised before SIGTERM"
     assert states[-1] is False, "the relay is off after SIGTERM"
     assert proc.returncode == 0
+
+
+def test_templates_of_another_model_are_never_mixed_in(tmp_path, pipe, people, caplog):
+    a = people["a"]
+    frames = scenario.write_frames(tmp_path / "frames", scenario.walk(people["val"][a][0], 12))
+    s = scenario.settings(tmp_path, frames)
+    embs = [pipe.embed(*_face(pipe, p)) for p in people["train"][a][:6] if _face(pipe, p)]
+    with Gallery(s.gallery.path, "an-older-facenet-model") as g:
+        g.enroll(a, embs, [1.0] * len(embs))
+    factory = MockFactory()
+    with caplog.at_level("WARNING"):
+        with Running(Daemon(s, pin_factory=factory)) as run:
+            run.wait()
+            assert not run.kinds(ev.RECOGNIZED)
+    assert any("another FaceNet model" in r.getMessage() and a in r.getMessage() for r in caplog.records)
+    assert active_spans(relay_history(factory)) == []
+
+
+def _face(pipe, path):
+    from lock.imageio import load_image
+    from lock.vision.pipeline import main_face
+    frame = load_image(path)
+    faces = pipe.detect(frame)
+    i = main_face(faces, frame.shape)
+    return None if i is None else (frame, faces.landmarks[i])
+
+
+def test_sighup_reloads_the_config(tmp_path):
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    d = Daemon(s, config_path=str(cfg), pin_factory=MockFactory())
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        d.install_signals()
+        with Running(d, stop_when_exhausted=False):
+            data = s.model_dump()
+            data["match"]["threshold"] = 0.77
+            data["decide"]["votes"] = 4
+            cfg.write_text(yaml.safe_dump(data))
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert scenario.wait_until(lambda: d.settings.match.threshold == 0.77, 10)
+            assert d.decider.match_settings.threshold == 0.77 and d.decider.settings.votes == 4
+            cfg.write_text("match:\n  threshold: 7\n")  # a bad file keeps the old settings
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1.5)
+            assert d.settings.match.threshold == 0.77
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
