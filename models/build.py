@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the int8 TFLite models of the face lock (MTCNN P/R/O-Net, FaceNet).
 
-Build-time only (TensorFlow, torch for reading the MTCNN .pt state dicts).
+Build-time only (TensorFlow, h5py, OpenCV; torch only for an optional reference check).
 The Pi never needs any of this: it runs the committed .tflite files.
 
     python models/build.py                    # writes models/*.tflite + manifest.json
@@ -252,14 +252,78 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
     raise ValueError(name)
 
 
-def load_mtcnn_state_dicts(cache: Path):
-    import torch  # only to read the .pt state dicts
-    ar = Archive(fetch("facenet-pytorch", cache))
+def load_legacy_pt(data: bytes):
+    """Read a state dict saved by torch.save in the legacy (non-zip) format, without torch.
+
+    Layout: pickled magic number, protocol version, sys info, the state dict pickle
+    (tensors refer to storages through persistent ids), the pickled list of storage
+    keys, then per storage an int64 element count and the raw little-endian data.
+    Only what these files use is supported (float storages, OrderedDict, tensor v2).
+    """
+    import collections
+    import pickle
+    import struct
+    f = io.BytesIO(data)
+    if pickle.load(f) != 0x1950A86A20F9469CFC6C:
+        raise SystemExit("not a legacy torch file")
+    if pickle.load(f) != 1001:
+        raise SystemExit("unsupported torch protocol")
+    info = pickle.load(f)
+    if not info.get("little_endian", True):
+        raise SystemExit("big-endian torch file")
+    dtypes = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+              "LongStorage": np.int64, "IntStorage": np.int32}
+    storages = {}
+
+    class Storage:
+        def __init__(self, key, dtype):
+            self.key, self.dtype = key, dtype
+
+    def rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, *rest):
+        return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+    def rebuild_parameter(t, requires_grad=False, hooks=None):
+        return t
+
+    class U(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "collections" and name == "OrderedDict":
+                return collections.OrderedDict
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return rebuild_tensor_v2
+            if module == "torch._utils" and name == "_rebuild_parameter":
+                return rebuild_parameter
+            if module == "torch" and name in dtypes:
+                return name
+            raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+
+        def persistent_load(self, pid):
+            kind, stype, key, _loc, _numel, view = pid
+            if kind != "storage" or view is not None:
+                raise pickle.UnpicklingError(f"unsupported storage {pid}")
+            storages.setdefault(key, Storage(key, dtypes[stype]))
+            return storages[key]
+
+    sd = U(f).load()
+    keys = pickle.load(f)
+    raw = {}
+    for key in keys:
+        (n,) = struct.unpack("<q", f.read(8))
+        dt = np.dtype(storages[key].dtype)
+        raw[key] = np.frombuffer(f.read(n * dt.itemsize), dtype=dt)
     out = {}
-    for net, member in MTCNN_FILES.items():
-        sd = torch.load(io.BytesIO(ar.read(member)), map_location="cpu", weights_only=True)
-        out[net] = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in sd.items()}
+    for name, (_, st, offset, size, stride) in sd.items():
+        buf = raw[st.key]
+        it = buf.dtype.itemsize
+        arr = np.lib.stride_tricks.as_strided(buf[offset:], shape=size,
+                                              strides=tuple(x * it for x in stride))
+        out[name] = np.array(arr, dtype=np.float32)
     return out
+
+
+def load_mtcnn_state_dicts(cache: Path):
+    ar = Archive(fetch("facenet-pytorch", cache))
+    return {net: load_legacy_pt(ar.read(member)) for net, member in MTCNN_FILES.items()}
 
 
 # --------------------------------------------------------------------------
@@ -950,15 +1014,13 @@ def build_facenet(args, photos, nets, manifest, fmanifest, rng):
         items.append({**p, "face": align(p["img"], pts[i])})
     calib_src = [it for it in items if it["split"] in ("train", "fr")]
     held = [it for it in items if it["split"] == "val"]
+    # Faces and their mirror images. (Brightness/contrast jitter is cancelled by the
+    # per-image standardisation except where it clips; jittered copies measured no better:
+    # held-out mean cosine 0.9977 with them vs 0.9980 without.)
     calib = []
     for it in calib_src:
-        face = it["face"]
-        calib.append(face)
-        calib.append(np.ascontiguousarray(face[:, ::-1]))
-        for _ in range(2):
-            g = rng.uniform(0.5, 1.4); b = rng.uniform(-30, 30)
-            src = face if rng.random() < 0.5 else face[:, ::-1]
-            calib.append(np.clip(src.astype(np.float32) * g + b, 0, 255).astype(np.uint8))
+        calib.append(it["face"])
+        calib.append(np.ascontiguousarray(it["face"][:, ::-1]))
     calib = [calib[i] for i in rng.permutation(len(calib))]
     log(f"  FaceNet calibration faces: {len(calib)} from {len(calib_src)} photos; held out: {len(held)}")
 
