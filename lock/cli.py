@@ -62,7 +62,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             frame = load_image(path)
         except ImageError as exc:
-            print(f"{path}: {exc}")
+            print(exc)  # the message names the file
             failed += 1
             continue
         faces = pipe.detect(frame)
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names need not be UTF-8: never crash printing one
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("PIL",):

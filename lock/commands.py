@@ -95,10 +95,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not args.sources:
         print("error: give image files or folders, or --camera", file=sys.stderr)
         return 2
-    paths = iter_images(args.sources)
     missing = [s for s in args.sources if not Path(s).exists()]
     for m in missing:
-        print(f"{m}: no such file or folder")
+        print(f"{m}: skipped: no such file or folder")
+    paths = iter_images([s for s in args.sources if s not in missing])
     pipe = FacePipeline(settings).open()
 
     def bar(items):

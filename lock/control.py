@@ -62,7 +62,7 @@ class ControlServer:
                             "(create it: groupadd %s)", self.group, os.getuid(), self.path, self.group)
             except PermissionError as exc:
                 log.warning("control socket: cannot give %s to group %r: %s", self.path, self.group, exc)
-        sock.listen(8)
+        sock.listen(64)  # a burst of clients waits in the queue instead of failing with EAGAIN
         sock.settimeout(0.5)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)

@@ -270,7 +270,10 @@ class Daemon:
             self.lock("control_socket")
             return {"ok": True}
         if cmd == "face_unlock":
-            self.set_face_unlock(bool(req.get("enabled", True)))
+            enabled = req.get("enabled")
+            if not isinstance(enabled, bool):
+                return {"ok": False, "error": "face_unlock needs \"enabled\": true or false"}
+            self.set_face_unlock(enabled)
             return {"ok": True}
         if cmd == "enroll":
             name, count = req.get("name"), req.get("count", 5)

@@ -49,6 +49,7 @@ from lock.events import Event, EventBus
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 1024
+WARN_EVERY_SECONDS = 10.0  # a flood of bad commands gives one log line per kind per 10 s, not one each
 LOCK_ACTIONS = ("LOCK", "UNLOCK", "OPEN")
 LOCK_STATES = ("LOCKED", "UNLOCKED", "LOCKING", "UNLOCKING", "OPEN", "OPENING", "JAMMED")
 ONLINE, OFFLINE = "online", "offline"
@@ -263,6 +264,7 @@ class MqttBridge:
         self._sender: threading.Thread | None = None
         self._bucket = _TokenBucket(settings.commands_per_minute)
         self._code: Any = None
+        self._warned: dict[str, tuple[int, float]] = {}  # kind -> (suppressed since, last logged)
 
     # -- public state
 
@@ -514,37 +516,37 @@ class MqttBridge:
         if topic not in (self.topics.lock_command, self.topics.switch_command):
             return
         if message.retain:
-            log.warning("MQTT: ignored a retained command on %s (commands must never be retained)", topic)
+            self._warn("retained", "MQTT: ignored a retained command on %s (commands must never be retained)", topic)
             return
         if len(message.payload) > MAX_COMMAND_BYTES:
-            log.warning("MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,
-                        MAX_COMMAND_BYTES)
+            self._warn("size", "MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,
+                       MAX_COMMAND_BYTES)
             return
         if not self._bucket.take():
-            log.warning("MQTT: command on %s dropped: more than %d commands a minute", topic,
-                        self.settings.commands_per_minute)
+            self._warn("rate", "MQTT: command on %s dropped: more than %d commands a minute", topic,
+                       self.settings.commands_per_minute)
             return
         try:
             text = message.payload.decode("utf-8").strip()
         except UnicodeDecodeError:
-            log.warning("MQTT: ignored a command on %s that is not UTF-8 text", topic)
+            self._warn("utf8", "MQTT: ignored a command on %s that is not UTF-8 text", topic)
             return
         action, code = _parse_command(text)
         if action is None:
-            log.warning("MQTT: ignored an unreadable command on %s", topic)
+            self._warn("unreadable", "MQTT: ignored an unreadable command on %s", topic)
             return
         if topic == self.topics.switch_command:
             if action not in ("ON", "OFF"):
-                log.warning("MQTT: ignored unknown face unlock command %r", action[:20])
+                self._warn("unknown", "MQTT: ignored unknown face unlock command %r", action[:20])
                 return
             log.info("MQTT: face unlock %s asked remotely", action)
             self._handler.set_face_unlock(action == "ON")
             return
         if action not in LOCK_ACTIONS:
-            log.warning("MQTT: ignored unknown lock command %r", action[:20])
+            self._warn("unknown", "MQTT: ignored unknown lock command %r", action[:20])
             return
         if not self._code_ok(code):
-            log.warning("MQTT: %s refused: wrong or missing code", action)
+            self._warn("code", "MQTT: %s refused: wrong or missing code", action)
             self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="bad_code", source="mqtt",
                                         action=action.lower()))
             return
@@ -555,6 +557,18 @@ class MqttBridge:
             self._handler.open("mqtt")
         else:
             self._handler.lock("mqtt")
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """log.warning, at most once per WARN_EVERY_SECONDS per kind, saying how many were not logged."""
+        now = time.monotonic()
+        suppressed, last = self._warned.get(kind, (0, -WARN_EVERY_SECONDS))
+        if now - last < WARN_EVERY_SECONDS:
+            self._warned[kind] = (suppressed + 1, last)
+            return
+        if suppressed:
+            message += f" ({suppressed} more like this in the last {now - last:.0f} s were not logged)"
+        log.warning(message, *args)
+        self._warned[kind] = (0, now)
 
     def _code_ok(self, given: str | None) -> bool:
         if self._code is None:
