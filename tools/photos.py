@@ -63,10 +63,10 @@ def _archive(cache: Path, item: dict) -> Path:
     if path.is_file() and _sha256(path) == item["sha256"]:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    # pip prepares the sdist's metadata (in an isolated build env), which is
+    # harmless here: only the archive is kept.
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-           "--no-build-isolation", item["spec"], "-d", str(path.parent)]
-    # --no-build-isolation is harmless for a download but pip may still try to
-    # read metadata; these sdists need only setuptools, which venvs have.
+           item["spec"], "-d", str(path.parent)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not path.is_file():
         raise PhotosUnavailable(
