@@ -252,6 +252,7 @@ class Daemon:
             "locked_out": self.decider.locked_out(now) if self.decider else False,
             "lockout_remaining_s": round(self.decider.lockout_remaining(now), 1) if self.decider else 0,
             "people": len(people),
+            "gallery_read_only": bool(getattr(self.gallery, "read_only", False)),
             "camera_healthy": bool(getattr(cam, "healthy", False)),
             "fps": round(self.stats.fps, 1),
             "latency_ms": round(self.stats.latency_ms, 1),

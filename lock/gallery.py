@@ -194,9 +194,11 @@ class Gallery:
         except OSError:
             free = None
         text = str(exc)
-        if "full" in text or (free is not None and free < 256 * 1024):
-            where = f"{free // 1024} KiB free" if free is not None else "no space"
-            return f"{text}: the file system holding it is full ({where}); free some space"
+        if free is not None and free < 256 * 1024:
+            return f"{text}: the file system holding it is full ({free // 1024} KiB free); free some space"
+        if "full" in text:
+            where = f"{free // 1024} KiB free on its file system" if free is not None else "free space unknown"
+            return f"{text} ({where}: check quotas and the space for temporary files)"
         if "locked" in text or "busy" in text:
             return f"{text}: another process is writing it; try again"
         if any(w in text for w in ("I/O", "readonly", "read-only", "unable to open", "permission")):
