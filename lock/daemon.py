@@ -47,6 +47,9 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+DECIDED_DETECT_SECONDS = 0.5  # well inside decide.track_timeout_seconds
+
+
 class ChangeGate:
     """Is there anything new in front of the camera?  A 32x24 grey thumbnail compared with the last one."""
 
@@ -121,6 +124,7 @@ class Daemon:
         self._last_stats = 0.0
         self._last_detect = -1e9
         self._last_faces = 0
+        self._all_decided = False
         self._enroll_lock = threading.Lock()
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
@@ -335,8 +339,16 @@ class Daemon:
         for listener in list(self._frame_listeners):
             listener(image)
         s = self.settings
-        busy = self._last_faces > 0  # someone in view: detect every frame
-        if not (self.gate.changed(image) or busy or now - self._last_detect >= s.idle.detect_every_seconds):
+        # Someone undecided in view: detect every frame.  Everyone in view already
+        # decided (let in, or reported unknown): twice a second is enough to keep
+        # their tracks alive.  Nobody: only when the scene changes, or once in a while.
+        changed = self.gate.changed(image)
+        since = now - self._last_detect
+        if self._last_faces > 0:
+            run = not self._all_decided or since >= DECIDED_DETECT_SECONDS
+        else:
+            run = changed or since >= s.idle.detect_every_seconds
+        if not run:
             self.stats.skipped_idle += 1
             return []
         self._last_detect = now
@@ -346,6 +358,7 @@ class Daemon:
         self._last_faces = len(faces)
         raised: list[ev.Event] = []
         track_ids = self.decider.observe(faces.boxes, now)
+        self._all_decided = all(not self.decider.needs_embedding(t) for t in track_ids)
         for i, tid in enumerate(track_ids):
             if not self._face_unlock or not self.decider.needs_embedding(tid):
                 continue
