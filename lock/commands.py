@@ -95,7 +95,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not args.sources:
         print("error: give image files or folders, or --camera", file=sys.stderr)
         return 2
-    missing = [s for s in args.sources if not Path(s).exists()]
+    missing = [s for s in args.sources if not os.path.lexists(s)]
     for m in missing:
         print(f"{m}: skipped: no such file or folder")
     paths = iter_images([s for s in args.sources if s not in missing])

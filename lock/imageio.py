@@ -150,7 +150,7 @@ def iter_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found = (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                      and not any(part.startswith(".") for part in f.relative_to(p).parts))
             out.extend(sorted(found))
-        elif p.exists():
+        elif os.path.lexists(p):  # a file, or a broken link: load_image says what is wrong
             out.append(p)
         else:
             raise ImageError(f"{p}: no such file or directory")
