@@ -33,7 +33,7 @@ class CameraSettings(Section):
     height: int = Field(480, ge=64, le=4096)
     fps: float = Field(10.0, gt=0, le=120)
     loop: bool = Field(False, description="files: start again at the end")
-    retry_max_seconds: float = Field(30.0, gt=0, description="longest wait between reconnect tries")
+    retry_max_seconds: float = Field(5.0, gt=0, description="longest wait between reconnect tries (below systemd's watchdog)")
 
 
 class VisionSettings(Section):
@@ -62,7 +62,9 @@ class QualitySettings(Section):
 
 
 class MatchSettings(Section):
-    threshold: float = Field(0.63, gt=-1, lt=1, description="cosine similarity a vote needs")
+    # Defaults from the door trial (bench/door_trial.py) with the int8 models on lfw-dev;
+    # config.yaml states what they let in and what they cost.
+    threshold: float = Field(0.73, gt=-1, lt=1, description="cosine similarity a vote needs")
     margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
 
 
