@@ -75,7 +75,7 @@ def doctor(config_path: str | None) -> int:
             bad("camera", f"{settings.camera.source}: {exc}")
         try:
             from lock.door import force_off
-            force_off(settings)
+            force_off(settings.door)
             ok("gpio", f"relay {settings.door.relay_pin} driven to its inactive (locked) level")
         except Exception as exc:
             bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: pip install lgpio; user in group gpio)")
