@@ -378,7 +378,8 @@ class FileCamera(Camera):
         now = time.monotonic()
         if self._due > now:
             self._stop.wait(self._due - now)
-        self._due = max(self._due + 1.0 / self.settings.fps, time.monotonic())
+        # the next frame is one period after this one (the first interval too)
+        self._due = max(self._due, time.monotonic()) + 1.0 / self.settings.fps
 
     def _next_image(self) -> np.ndarray | None:
         while len(self._bad) < len(self._files):
