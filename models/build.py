@@ -75,6 +75,10 @@ FACTOR = 0.709
 
 SEED = 20240611
 
+# P-Net's int8 graph computes PReLU as max(x, a*x); alphas up to this are clipped to 1
+# (see build_mtcnn_keras)
+PRELU_CLIP_MAX = 1.02
+
 
 def log(*a):
     print(*a, flush=True)
@@ -170,7 +174,7 @@ def load_photos(cache: Path):
 # --------------------------------------------------------------------------
 # MTCNN in Keras
 # --------------------------------------------------------------------------
-def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
+def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0, fast: bool = False):
     """Rebuild P/R/O-Net from facenet-pytorch's state dict `sd` (numpy arrays).
 
     facenet-pytorch's nets take normal (N, C, H, W) RGB images; their flatten
@@ -180,9 +184,48 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
     bias): used to make the int8 input exactly `pixel - 128`.
     PyTorch's ceil-mode max pools are reproduced with 'same' (pad at the end)
     or 'valid', whichever gives the same windows for the fixed sizes.
+
+    `fast` builds the graph the int8 models ship with, made only of ops that
+    LiteRT's XNNPACK delegate runs in int8. Its int8 PReLU falls back to the
+    reference kernel, which made the three nets 3-4x slower than they need be
+    (measured with bench/floor.py). Two exact rewrites, chosen per net by
+    their float-vs-int8 agreement (report_mtcnn):
+    - P-Net: max(x, a*x), exact for a <= 1. P-Net's one alpha above 1 (1.012)
+      is clipped to 1 (PRELU_CLIP_MAX). int8 MAXIMUM keeps its input's scale,
+      which P-Net tolerates (cell agreement unchanged);
+    - R-Net and O-Net: relu(x) + (-a) * relu(-x), the two relus as 1x1
+      depthwise convolutions (+1 and -1) with fused ReLU, so that each branch
+      gets its own int8 scale. (The max form made O-Net's landmarks 5x worse.)
+    Flatten becomes a reshape to a static size (no dynamic SHAPE ops).
     """
     import keras
     from keras import layers as L
+    from keras import ops
+
+    class FastPReLU(L.Layer):
+        def __init__(self, alpha, **kw):
+            super().__init__(**kw)
+            self.a = np.asarray(alpha, np.float32)
+            if name == "pnet":
+                if self.a.max() > PRELU_CLIP_MAX:
+                    raise SystemExit(f"{name}: PReLU alpha {self.a.max():.3f} > {PRELU_CLIP_MAX}: "
+                                     "the max(x, a*x) form would be wrong")
+                self.a = np.minimum(self.a, 1.0)
+
+        def call(self, x):
+            if name == "pnet":
+                return ops.maximum(x, x * self.a)
+            c = x.shape[-1]
+            x4 = x if len(x.shape) == 4 else ops.reshape(x, (-1, 1, 1, c))
+            one = np.ones((1, 1, c, 1), np.float32)
+            pos = ops.relu(ops.depthwise_conv(x4, one, 1, "valid"))
+            neg = ops.relu(ops.depthwise_conv(x4, -one, 1, "valid"))
+            y = pos + neg * (-self.a)
+            return y if len(x.shape) == 4 else ops.reshape(y, (-1, c))
+
+    class StaticFlatten(L.Layer):
+        def call(self, x):
+            return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
 
     def conv(x, lname, k, filters):
         w = sd[lname + ".weight"].transpose(2, 3, 1, 0)
@@ -195,6 +238,8 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
         return y
 
     def prelu(x, lname, conv_like=True):
+        if fast:
+            return FastPReLU(sd[lname + ".weight"], name=lname)(x)
         layer = L.PReLU(shared_axes=[1, 2] if conv_like else None, name=lname)
         y = layer(x)
         a = sd[lname + ".weight"]
@@ -229,7 +274,7 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
         x = prelu(conv(x, "conv2", 3, 48), "prelu2")
         x = L.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)  # 9 -> 4
         x = prelu(conv(x, "conv3", 2, 64), "prelu3")                # 3x3x64
-        x = L.Flatten(name="flatten")(x)
+        x = (StaticFlatten if fast else L.Flatten)(name="flatten")(x)
         x = prelu(dense(x, "dense4", 128, (3, 3, 64)), "prelu4", conv_like=False)
         prob = L.Softmax(axis=-1, name="prob")(dense(x, "dense5_1", 2))
         reg = dense(x, "dense5_2", 4)
@@ -243,7 +288,7 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0):
         x = prelu(conv(x, "conv3", 3, 64), "prelu3")
         x = L.MaxPooling2D(2, 2, padding="valid", name="pool3")(x)  # 8 -> 4
         x = prelu(conv(x, "conv4", 2, 128), "prelu4")               # 3x3x128
-        x = L.Flatten(name="flatten")(x)
+        x = (StaticFlatten if fast else L.Flatten)(name="flatten")(x)
         x = prelu(dense(x, "dense5", 256, (3, 3, 128)), "prelu5", conv_like=False)
         prob = L.Softmax(axis=-1, name="prob")(dense(x, "dense6_1", 2))
         reg = dense(x, "dense6_2", 4)
@@ -694,7 +739,7 @@ def build_mtcnn(args, photos, manifest, fmanifest, rng):
     kf = {n: build_mtcnn_keras(n, sds[n]) for n in ("pnet", "rnet", "onet")}
     # int8 input is q = pixel - 128 (scale 1/128, zp 0); the remaining +0.5/128 of the
     # original (pixel - 127.5)/128 normalisation is folded into conv1's bias.
-    kq = {n: build_mtcnn_keras(n, sds[n], input_offset=0.5 / 128.0) for n in ("pnet", "rnet", "onet")}
+    kq = {n: build_mtcnn_keras(n, sds[n], input_offset=0.5 / 128.0, fast=True) for n in ("pnet", "rnet", "onet")}
     verify_mtcnn_against_torch(sds, kf, rng)
     nets = {n: keras_runner(m) for n, m in kf.items()}
 
@@ -729,6 +774,14 @@ def build_mtcnn(args, photos, manifest, fmanifest, rng):
     }
     blobs = {}
     for n, (shape, outs, samples) in specs.items():
+        exact = build_mtcnn_keras(n, sds[n], input_offset=0.5 / 128.0)
+        x = samples[0][None] if n == "pnet" else np.stack(samples[:64])
+        x = pixel_int8_float(x)
+        fo, eo = kq[n](x), exact(x)
+        diff = {k: float(np.abs(np.asarray(fo[k]) - np.asarray(eo[k])).max()) for k in outs}
+        log(f"{n}: XNNPACK-friendly graph vs exact PReLU, max abs output difference {diff}")
+        if diff["prob"] > 0.02:
+            raise SystemExit(f"{n}: the rewritten PReLU changes the output too much: {diff}")
         log(f"converting {n} to int8 ...")
         blob = convert(kq[n], shape, outs, rep_from(samples))
         d = describe(blob)
