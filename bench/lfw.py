@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accuracy of the full pipeline (MTCNN → align → FaceNet) on LFW, int8 and float.
 
-    python bench/lfw.py [--data ../shared/data/lfw-dev] [--float-models models/float]
+    python bench/lfw.py [--data ../shared/data/lfw-dev] [--float-models models/float] [--template-zoom Z]
 
 Prints, for the int8 models and (in the same run) the float reference:
 - pairs accuracy on pairs.txt, 5-fold: threshold chosen on the other folds;
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from lock.config import Settings, parse  # noqa: E402
 from lock.imageio import load_image  # noqa: E402
-from lock.vision.align import align  # noqa: E402
+from lock.vision.align import BOX_TEMPLATE, align, zoomed  # noqa: E402
 from lock.vision.pipeline import FacePipeline, main_face  # noqa: E402
 from lock.vision.runtime import Runtime  # noqa: E402
 
@@ -56,7 +56,8 @@ def image_path(data: Path, name: str, i: int) -> Path:
     return data / "images" / name / f"{name}_{i:04d}.jpg"
 
 
-def embed_all(pipe: FacePipeline, paths: list[Path], label: str) -> tuple[np.ndarray, int, float]:
+def embed_all(pipe: FacePipeline, paths: list[Path], label: str,
+              template: np.ndarray | None = None) -> tuple[np.ndarray, int, float]:
     out = np.zeros((len(paths), 128), np.float32)
     fails = 0
     t0 = time.perf_counter()
@@ -69,7 +70,7 @@ def embed_all(pipe: FacePipeline, paths: list[Path], label: str) -> tuple[np.nda
             lm = LFW_FALLBACK * [frame.shape[1] / 250, frame.shape[0] / 250]
         else:
             lm = faces.landmarks[i]
-        out[k] = pipe.embedder.embed(align(frame, lm))
+        out[k] = pipe.embedder.embed(align(frame, lm, template))
         if (k + 1) % 1000 == 0:
             print(f"  {label}: {k + 1}/{len(paths)} images", file=sys.stderr, flush=True)
     return out, fails, time.perf_counter() - t0
@@ -109,8 +110,8 @@ def tar_at_far(emb: np.ndarray, ids: np.ndarray) -> dict:
 
 
 def evaluate(label: str, pipe: FacePipeline, data: Path, paths: list[Path], ids: np.ndarray,
-             index: dict, pairs) -> dict:
-    emb, fails, secs = embed_all(pipe, paths, label)
+             index: dict, pairs, template: np.ndarray | None = None) -> dict:
+    emb, fails, secs = embed_all(pipe, paths, label, template)
     a = np.array([index[p[0]] for p in pairs])
     b = np.array([index[p[1]] for p in pairs])
     sims = (emb[a] * emb[b]).sum(1)
@@ -145,6 +146,9 @@ def main() -> int:
     ap.add_argument("--min-face", type=int, default=40, help="LFW faces are about 100 px in 250x250")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="only the first N pairs (quick check)")
+    ap.add_argument("--template-zoom", type=float, default=None,
+                    help="align onto the box template zoomed this much instead of the runtime's "
+                         "(how lock/vision/align.py's ZOOM was chosen)")
     args = ap.parse_args()
 
     pairs, _ = read_pairs(args.data / "pairs.txt")
@@ -175,7 +179,8 @@ def main() -> int:
     for label, mdir, manifest in runs:
         rt = Runtime(mdir, threads=args.threads, manifest_name=manifest)
         pipe = FacePipeline(settings, runtime=rt).open()
-        results[label] = evaluate(label, pipe, args.data, paths, ids, index, pairs)
+        template = None if args.template_zoom is None else zoomed(BOX_TEMPLATE, args.template_zoom)
+        results[label] = evaluate(label, pipe, args.data, paths, ids, index, pairs, template)
         show(label, results[label])
     if "float" in results:
         d = {k: round(100 * (results["int8"][k] - results["float"][k]), 3) for k in ("pairs_accuracy",)}

