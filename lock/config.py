@@ -64,7 +64,7 @@ class QualitySettings(Section):
 class MatchSettings(Section):
     # Defaults from the door trial (bench/door_trial.py) with the int8 models on lfw-dev;
     # config.yaml states what they let in and what they cost.
-    threshold: float = Field(0.73, gt=-1, lt=1, description="cosine similarity a vote needs")
+    threshold: float = Field(0.72, gt=-1, lt=1, description="cosine similarity a vote needs")
     margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
 
 
