@@ -191,7 +191,7 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0, fast: bool = Fal
 
     `fast` builds the graph the int8 models ship with, made only of ops that
     LiteRT's XNNPACK delegate runs in int8. Its int8 PReLU falls back to the
-    reference kernel, which made the three nets 3-4x slower than they need be
+    reference kernel, which made the three nets 2.5-3.2x slower than they need be
     (measured with bench/floor.py). Two exact rewrites, chosen per net by
     their float-vs-int8 agreement (report_mtcnn):
     - P-Net: max(x, a*x), exact for a <= 1. P-Net's one alpha above 1 (1.012)

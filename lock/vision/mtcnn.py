@@ -332,7 +332,9 @@ class Detector:
 
     def open(self, frame_size: tuple[int, int] | None = None) -> "Detector":
         """Load R-Net and O-Net; with ``frame_size`` (h, w), also P-Net for each scale."""
-        self._rnet = BatchedNet(self.runtime, RNET, 24, 32, self.threads)
+        # Batches up to 16: each interpreter costs about 2 MB of RSS, and a door
+        # frame has about 16 R-Net candidates and 5 O-Net ones (bench/floor.py).
+        self._rnet = BatchedNet(self.runtime, RNET, 24, 16, self.threads)
         self._onet = BatchedNet(self.runtime, ONET, 48, 16, self.threads)
         if frame_size is not None:
             self._pyramid(*frame_size)
