@@ -12,6 +12,7 @@ import pytest
 from lock import events
 from lock.events import Event, EventBus
 from lock.mqtt import MqttBridge, Topics, check, discovery_messages
+from tests.plugins.broker import make_test_ca
 
 
 class RecordingHandler:
@@ -275,6 +276,49 @@ def test_bad_credentials_never_connect_and_are_not_retried_in_a_loop(mqtt_broker
     secret.write_text("right-password\n")
     ok, why = check(broker.settings(username="lock", password_file=str(secret)))
     assert ok, why
+
+
+@pytest.fixture
+def tls_broker(mqtt_broker_factory, tmp_path):
+    """A mosquitto that speaks only TLS, with a certificate from a CA made for this test."""
+    return mqtt_broker_factory(tls=make_test_ca(tmp_path / "pki"))
+
+
+def tls_settings(broker, **tls):
+    return broker.settings(tls={"enabled": True, **tls})
+
+
+def test_tls_with_the_ca_file_connects_and_delivers(tls_broker, mqtt_subscriber, make_bridge, bus_events):
+    sub = mqtt_subscriber(tls_broker, "face_lock/event")
+    bridge = make_bridge(tls_settings(tls_broker, ca_file=str(tls_broker.tls["ca"])))
+    assert bridge.connected and bridge.last_error is None
+    bus_events[0].publish(Event(events.UNKNOWN, time=5.0))
+    assert [json.loads(p)["time"] for _, p, _ in sub.wait_for("face_lock/event")] == [5.0]
+    ok, why = check(tls_settings(tls_broker, ca_file=str(tls_broker.tls["ca"])))
+    assert ok and why.endswith("with TLS"), why
+
+
+@pytest.mark.parametrize("ca", ["none", "other"])
+def test_tls_without_the_right_ca_is_refused_and_not_retried_in_a_loop(ca, tls_broker, make_bridge, tmp_path):
+    """No CA file (the system's CAs) or another CA's file: the broker's certificate is not trusted."""
+    ca_file = None if ca == "none" else str(make_test_ca(tmp_path / "other", "other")["ca"])
+    settings = tls_settings(tls_broker, ca_file=ca_file)
+    bridge = make_bridge(settings, start=False)
+    bridge.start()
+    wait(lambda: bridge.last_error is not None)
+    time.sleep(3)
+    assert not bridge.connected
+    assert "TLS" in bridge.last_error and "certificate verify failed" in bridge.last_error, bridge.last_error
+    assert "mqtt.tls" in bridge.last_error
+    # one refused handshake in 3 s, not a loop: mosquitto logs the client's "unknown ca" alert for each
+    assert tls_broker.log().count("alert unknown ca") == 1, tls_broker.log()
+    ok, why = check(settings)
+    assert not ok and "TLS" in why and "certificate verify failed" in why, why
+
+
+def test_plain_client_gets_nothing_from_a_tls_listener(tls_broker, make_bridge):
+    ok, why = check(tls_broker.settings())
+    assert not ok, why
 
 
 def test_check_reports_plainly(mqtt_broker, tmp_path):

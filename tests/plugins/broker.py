@@ -3,7 +3,8 @@
 Fixtures:
 
 * ``mqtt_broker``          an anonymous broker on a free port (stop()/start() keep the port);
-* ``mqtt_broker_factory``  ``factory(users={"name": "password"})`` for a broker that requires a login;
+* ``mqtt_broker_factory``  ``factory(users={"name": "password"})`` for a broker that requires a login,
+                           ``factory(tls=make_test_ca(dir))`` for one that speaks only TLS;
 * ``mqtt_subscriber``      ``factory(broker, topics="#")`` → :class:`Collector` (subscribed, ready).
 
 Nothing here talks to anything but the brokers it started.
@@ -34,6 +35,49 @@ def _mosquitto() -> str:
     return path
 
 
+def make_test_ca(directory: Path, name: str = "test") -> dict[str, Path]:
+    """A CA made here and a server certificate it signs for 127.0.0.1 (PEM files in ``directory``).
+
+    Returns ``{"ca": ..., "cert": ..., "key": ...}``.  Made with the ``cryptography``
+    package: nothing leaves this machine and nothing is trusted by the system.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"ca": directory / f"{name}-ca.pem", "cert": directory / f"{name}-server.pem",
+             "key": directory / f"{name}-server.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    files["key"].chmod(0o600)
+    return files
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,15 +89,19 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None, persistent: bool = False) -> None:
+    def __init__(self, directory: Path, users: dict[str, str] | None = None, persistent: bool = False,
+                 tls: dict[str, Path] | None = None) -> None:
         self.directory = directory
         self.port = _free_port()
         self.users = dict(users or {})
+        self.tls = tls  # make_test_ca(): the listener then speaks only TLS
         self.log_file = directory / "mosquitto.log"
         self.conf = directory / "mosquitto.conf"
         # persistent=True keeps sessions across stop()/start() (for collectors with clean_session=False).
         lines = [f"listener {self.port} {self.host}", f"persistence {'true' if persistent else 'false'}",
                  f"persistence_location {directory}/", f"log_dest file {self.log_file}", "log_type all"]
+        if tls:
+            lines[1:1] = [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
         if os.geteuid() == 0:  # mosquitto drops to user "mosquitto" otherwise and cannot read tmp files
             lines.append(f"user {pwd.getpwuid(0).pw_name}")
         if self.users:
@@ -132,6 +180,8 @@ class Collector:
                                   clean_session=client_id is None)
         if username:
             self.client.username_pw_set(username, password)
+        if broker.tls:
+            self.client.tls_set(ca_certs=str(broker.tls["ca"]))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
@@ -195,8 +245,9 @@ class Collector:
 def mqtt_broker_factory(tmp_path_factory):
     brokers: list[Broker] = []
 
-    def make(users: dict[str, str] | None = None, persistent: bool = False) -> Broker:
-        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users, persistent)
+    def make(users: dict[str, str] | None = None, persistent: bool = False,
+             tls: dict[str, Path] | None = None) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users, persistent, tls)
         brokers.append(broker)
         broker.start()
         return broker
