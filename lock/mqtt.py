@@ -184,8 +184,19 @@ def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
         client.username_pw_set(settings.username, read_password(settings))
     tls = settings.tls
     if tls.enabled:
-        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                       cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE)
+        files = {key: getattr(tls, key) for key in ("ca_file", "cert_file", "key_file") if getattr(tls, key)}
+        for key, path in files.items():  # ssl names neither the file nor the setting when one is missing
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"mqtt.tls.{key}: cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE)
+        except ssl.SSLError as exc:
+            named = ", ".join(f"mqtt.tls.{key} = {path}" for key, path in files.items())
+            raise ValueError(f"not a usable PEM certificate or key among {named}: {exc}") from None
         if not tls.verify:
             log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.verify: false)")
             client.tls_insecure_set(True)

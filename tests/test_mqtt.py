@@ -316,6 +316,28 @@ def test_tls_without_the_right_ca_is_refused_and_not_retried_in_a_loop(ca, tls_b
     assert not ok and "TLS" in why and "certificate verify failed" in why, why
 
 
+def test_tls_client_certificate_when_the_broker_requires_one(mqtt_broker_factory, make_bridge, tmp_path):
+    pki = make_test_ca(tmp_path / "pki")
+    broker = mqtt_broker_factory(tls={**pki, "require_certificate": True})
+    without = tls_settings(broker, ca_file=str(pki["ca"]))
+    ok, why = check(without)
+    assert not ok, why
+    bridge = make_bridge(tls_settings(broker, ca_file=str(pki["ca"]), cert_file=str(pki["client_cert"]),
+                                      key_file=str(pki["client_key"])))
+    assert bridge.connected and bridge.last_error is None
+    missing = tls_settings(broker, ca_file=str(pki["ca"]), cert_file=str(tmp_path / "absent.pem"))
+    ok, why = check(missing)
+    assert not ok and "mqtt.tls.cert_file" in why and "absent.pem" in why, why
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    ok, why = check(tls_settings(broker, ca_file=str(garbage)))
+    assert not ok and "mqtt.tls.ca_file" in why and "garbage.pem" in why, why
+    bad = make_bridge(missing, start=False)
+    bad.start()
+    wait(lambda: bad.last_error is not None)
+    assert not bad.connected and "mqtt.tls.cert_file" in bad.last_error and "absent.pem" in bad.last_error
+
+
 def test_plain_client_gets_nothing_from_a_tls_listener(tls_broker, make_bridge):
     ok, why = check(tls_broker.settings())
     assert not ok, why

@@ -36,9 +36,9 @@ def _mosquitto() -> str:
 
 
 def make_test_ca(directory: Path, name: str = "test") -> dict[str, Path]:
-    """A CA made here and a server certificate it signs for 127.0.0.1 (PEM files in ``directory``).
+    """A CA made here, and a server certificate (127.0.0.1) and a client one it signs (PEM files in ``directory``).
 
-    Returns ``{"ca": ..., "cert": ..., "key": ...}``.  Made with the ``cryptography``
+    Returns ``{"ca", "cert", "key", "client_cert", "client_key"}`` → paths.  Made with the ``cryptography``
     package: nothing leaves this machine and nothing is trusted by the system.
     """
     import datetime
@@ -60,21 +60,29 @@ def make_test_ca(directory: Path, name: str = "test") -> dict[str, Path]:
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    server = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))
+
+    def leaf(common_name: str, key, san=None):
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    server = leaf("127.0.0.1", key, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client = leaf("face-lock", client_key)
     directory.mkdir(parents=True, exist_ok=True)
     files = {"ca": directory / f"{name}-ca.pem", "cert": directory / f"{name}-server.pem",
-             "key": directory / f"{name}-server.key"}
+             "key": directory / f"{name}-server.key", "client_cert": directory / f"{name}-client.pem",
+             "client_key": directory / f"{name}-client.key"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    files["key"].chmod(0o600)
+    for cert_name, key_name, c, k in (("cert", "key", server, key), ("client_cert", "client_key", client, client_key)):
+        files[cert_name].write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        files[key_name].write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+        files[key_name].chmod(0o600)
     return files
 
 
@@ -100,8 +108,9 @@ class Broker:
         # persistent=True keeps sessions across stop()/start() (for collectors with clean_session=False).
         lines = [f"listener {self.port} {self.host}", f"persistence {'true' if persistent else 'false'}",
                  f"persistence_location {directory}/", f"log_dest file {self.log_file}", "log_type all"]
-        if tls:
-            lines[1:1] = [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
+        if tls:  # with tls["require_certificate"], clients must show a certificate the CA signed
+            lines[1:1] = [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}",
+                          f"require_certificate {'true' if tls.get('require_certificate') else 'false'}"]
         if os.geteuid() == 0:  # mosquitto drops to user "mosquitto" otherwise and cannot read tmp files
             lines.append(f"user {pwd.getpwuid(0).pw_name}")
         if self.users:
