@@ -13,6 +13,7 @@ from lock.errors import ImageError, ModelError
 from lock.imageio import load_image
 from lock.scenes import background, paste
 from lock.vision.align import TEMPLATE, align, similarity
+from lock.vision import mtcnn as mtcnn_mod
 from lock.vision.mtcnn import Detector, nms, pyramid_scales
 from lock.vision.pipeline import FacePipeline, main_face
 from lock.vision.runtime import Runtime
@@ -144,6 +145,26 @@ def test_pure_helpers():
     keep = nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5)
     assert list(keep) == [0, 2]
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_nms_matrix_and_row_by_row_agree(mode, monkeypatch):
+    """The all-at-once overlap matrix (small inputs) keeps exactly what the row-by-row pass keeps."""
+    rng = np.random.default_rng(7)
+    suppressed_some = False
+    for n in (1, 2, 5, 40, 128):
+        xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2)).astype(np.float32)], axis=1)
+        scores = np.round(rng.uniform(0.5, 1.0, n), 2).astype(np.float32)  # with ties
+        for thr in (0.3, 0.5, 0.7):
+            fast = nms(boxes, scores, thr, mode)
+            monkeypatch.setattr(mtcnn_mod, "NMS_MATRIX_MAX", 0)
+            rows = nms(boxes, scores, thr, mode)
+            monkeypatch.undo()
+            assert fast.tolist() == rows.tolist(), (n, thr)
+            suppressed_some |= len(fast) < n
+            assert list(scores[fast]) == sorted(scores[fast], reverse=True)
+    assert suppressed_some
 
 
 def test_truncated_and_non_image_files_are_named(tmp_path, photos):
