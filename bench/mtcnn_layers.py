@@ -3,7 +3,9 @@
 
     <build venv>/bin/python bench/mtcnn_layers.py [pnet rnet onet] [--threads 1]
 
-Needs the model build environment (TensorFlow; models/README.md, "Rebuild"):
+Needs the model build environment (TensorFlow; models/README.md, "Rebuild")
+with the lock's own runtime in it too (``pip install -e .[build]`` gives both;
+the timing uses ai-edge-litert, as the lock does):
 it rebuilds the shipped XNNPACK-friendly Keras graph of each net
 (models/build.py, ``build_mtcnn_keras(fast=True)``), cuts it after each
 layer, converts each cut to int8 (calibrated on random inputs: the times do
