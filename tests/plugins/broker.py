@@ -50,29 +50,29 @@ def make_test_ca(directory: Path, name: str = "test") -> dict[str, Path]:
     from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_key, key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
 
-    def leaf(common_name: str, key, san=None):
-        b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+    def cert(subject: x509.Name, public_key, *extensions):
+        """A certificate for ``public_key``, valid for a day, signed by the CA's key."""
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+             .public_key(public_key).serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
-        if san is not None:
-            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        for extension, critical in extensions:
+            b = b.add_extension(extension, critical=critical)
         return b.sign(ca_key, hashes.SHA256())
 
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    server = leaf("127.0.0.1", key, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    client = leaf("face-lock", client_key)
+    def named(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    ca = cert(ca_name, ca_key.public_key(),
+              (x509.BasicConstraints(ca=True, path_length=None), True),
+              (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                             key_encipherment=False, data_encipherment=False, key_agreement=False,
+                             encipher_only=False, decipher_only=False), True))
+    server = cert(named("127.0.0.1"), key.public_key(),
+                  (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False))
+    client = cert(named("face-lock"), client_key.public_key())
     directory.mkdir(parents=True, exist_ok=True)
     files = {"ca": directory / f"{name}-ca.pem", "cert": directory / f"{name}-server.pem",
              "key": directory / f"{name}-server.key", "client_cert": directory / f"{name}-client.pem",
