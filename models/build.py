@@ -189,14 +189,20 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0, fast: bool = Fal
     PyTorch's ceil-mode max pools are reproduced with 'same' (pad at the end)
     or 'valid', whichever gives the same windows for the fixed sizes.
 
-    `fast` builds the graph the int8 models ship with, made only of ops that
-    LiteRT's XNNPACK delegate runs in int8. Its int8 PReLU falls back to the
-    reference kernel, which made the three nets 2.5-3.2x slower than they need be
-    (measured with bench/floor.py). Two exact rewrites, chosen per net by
-    their float-vs-int8 agreement (report_mtcnn):
+    `fast` builds the graph the int8 models ship with. LiteRT's XNNPACK
+    delegate does not take int8 PRELU, whose reference kernel made the three
+    nets 2.5-3.2x slower than they need be (measured with bench/floor.py).
+    Two exact rewrites, chosen per net by their float-vs-int8 agreement
+    (report_mtcnn) and their speed:
     - P-Net: max(x, a*x), exact for a <= 1. P-Net's one alpha above 1 (1.012)
       is clipped to 1 (PRELU_CLIP_MAX). int8 MAXIMUM keeps its input's scale,
-      which P-Net tolerates (cell agreement unchanged);
+      which P-Net tolerates (cell agreement unchanged). XNNPACK does not take
+      int8 MAXIMUM either: the three MAXIMUMs run in LiteRT's own kernel and
+      split P-Net into 4 XNNPACK partitions. That is still the fastest form
+      measured: at 73x97 on 1 thread, 0.204 ms per invoke, against 0.248 ms
+      for a*x + relu((1-a)*x) and 0.313 ms for the R/O-Net form below, both
+      of which run in one partition (forms timed with the harness of
+      bench/mtcnn_layers.py);
     - R-Net and O-Net: relu(x) + (-a) * relu(-x), the two relus as 1x1
       depthwise convolutions (+1 and -1) with fused ReLU, so that each branch
       gets its own int8 scale. (The max form made O-Net's landmarks 5x worse.)
