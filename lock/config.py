@@ -116,7 +116,7 @@ class AuditSettings(Section):
 
 
 class ControlSettings(Section):
-    socket: str = "/run/lock/control.sock"
+    socket: str = "/run/face-lock/control.sock"
     group: str | None = Field("lock", description="group allowed to use the socket (mode 0660)")
 
 

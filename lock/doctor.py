@@ -108,6 +108,6 @@ def doctor(config_path: str | None) -> int:
 
     sock_dir = Path(settings.control.socket).parent
     if not running and not os.access(sock_dir if sock_dir.exists() else sock_dir.parent, os.W_OK):
-        bad("control", f"cannot create {settings.control.socket} (systemd's RuntimeDirectory=lock makes it)")
+        bad("control", f"cannot create {settings.control.socket} (systemd's RuntimeDirectory=face-lock makes it)")
     print("all good" if not problems else f"{problems} problem(s) found")
     return 0 if not problems else 1

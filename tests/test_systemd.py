@@ -35,8 +35,21 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
 def test_unit_settings():
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=always", "ExecStopPost=", "-m lock.door --off",
-                 "NoNewPrivileges=yes", "ProtectSystem=strict", "RuntimeDirectory=lock", "StateDirectory=lock"):
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=lock"):
         assert line in text
+
+
+def test_runtime_directory_is_ours_and_holds_the_control_socket():
+    """Not /run/lock: that is the system's lock-file directory, which systemd would chown and delete."""
+    from pathlib import PurePosixPath
+    from lock.config import Settings
+
+    lines = dict(l.split("=", 1) for l in UNIT.read_text().splitlines() if "=" in l and not l.startswith("#"))
+    runtime = lines["RuntimeDirectory"]
+    assert runtime not in ("lock", "user", "systemd", "shm", "log")
+    for config_default in (Settings().control.socket,
+                           yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["control"]["socket"]):
+        assert PurePosixPath(config_default).parent == PurePosixPath("/run") / runtime
 
 
 def test_exec_stop_post_command_drives_the_relay_off(tmp_path):
