@@ -102,8 +102,18 @@ class Matcher:
         return Match(self.people[first], float(best[first]), self.people[second], float(best[second]))
 
 
+def name_key(name: str) -> str:
+    """What two names must share to be the same person: Unicode NFC, case folded.
+
+    SQLite's NOCASE only folds ASCII letters, so the gallery compares names
+    with this key itself ("Élan" and "élan" are one name, as "Guest" and
+    "guest" are).
+    """
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def check_name(name: str) -> str:
-    """The name as stored (spaces around it removed), or EnrollmentError saying what is wrong."""
+    """The name as stored (spaces around it removed, NFC), or EnrollmentError saying what is wrong."""
     if not isinstance(name, str):
         raise EnrollmentError(f"a name must be text, got {type(name).__name__}")
     clean = name.strip()
@@ -113,7 +123,7 @@ def check_name(name: str) -> str:
         raise EnrollmentError(f"the name {clean[:20]!r}... is {len(clean)} characters long (at most {MAX_NAME})")
     if any(unicodedata.category(c).startswith("C") for c in clean):
         raise EnrollmentError(f"the name {clean!r} contains control or invisible characters")
-    return clean
+    return unicodedata.normalize("NFC", clean)
 
 
 class Gallery:
@@ -319,11 +329,21 @@ class Gallery:
                     raise GalleryError(f"{self.path}: nothing was changed: {self._trouble(exc)}") from None
                 raise
 
+    @staticmethod
+    def _find(db: sqlite3.Connection, name: str) -> int | None:
+        """The id of the person called ``name``: the exact stored name first, else the same :func:`name_key`."""
+        rows = db.execute("SELECT id, name FROM people").fetchall()
+        for pid, stored in rows:
+            if stored == name:
+                return pid
+        key = name_key(name)
+        return next((pid for pid, stored in rows if name_key(stored) == key), None)
+
     def _person_id(self, db: sqlite3.Connection, name: str) -> int:
-        row = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-        if row is None:
+        pid = self._find(db, name)
+        if pid is None:
             raise EnrollmentError(f"no one named {name!r} is enrolled")
-        return row[0]
+        return pid
 
     # -- writes --------------------------------------------------------------------
 
@@ -357,18 +377,18 @@ class Gallery:
             rows.append(((e / norm).astype("<f4").tobytes(), float(q)))
         now = self._clock()
         with self._write() as db:
-            row = db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-            if row is None:
+            pid = existing = self._find(db, name)
+            if existing is None:
                 pid = db.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, now)).lastrowid
             else:
-                pid = row[0]
+                name = db.execute("SELECT name FROM people WHERE id = ?", (pid,)).fetchone()[0]
                 if replace:
                     db.execute("DELETE FROM templates WHERE person_id = ?", (pid,))
             db.executemany(
                 "INSERT INTO templates (person_id, embedding, quality, created, model_hash) VALUES (?, ?, ?, ?, ?)",
                 [(pid, blob, q, now, self.model_hash) for blob, q in rows])
         info = self.person(name)
-        if row is None:
+        if existing is None:
             log.info("enrolled %s with %d templates", info.name, len(rows))
         elif replace:
             log.info("replaced the templates of %s: now %d", info.name, info.templates)
@@ -387,8 +407,8 @@ class Gallery:
         old, new = check_name(old), check_name(new)
         with self._write() as db:
             pid = self._person_id(db, old)
-            clash = db.execute("SELECT id FROM people WHERE name = ? AND id != ?", (new, pid)).fetchone()
-            if clash is not None:
+            clash = self._find(db, new)
+            if clash is not None and clash != pid:
                 raise EnrollmentError(f"cannot rename {old!r} to {new!r}: that name is already enrolled")
             db.execute("UPDATE people SET name = ? WHERE id = ?", (new, pid))
         log.info("renamed %s to %s", old, new)
@@ -421,8 +441,13 @@ class Gallery:
 
     def person(self, name: str) -> PersonInfo:
         name = check_name(name)
-        for p in self.people():
-            if p.name.casefold() == name.casefold():
+        people = self.people()
+        for p in people:  # the exact stored name first (what the matcher reports)
+            if p.name == name:
+                return p
+        key = name_key(name)
+        for p in people:
+            if name_key(p.name) == key:
                 return p
         raise EnrollmentError(f"no one named {name!r} is enrolled")
 

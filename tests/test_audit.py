@@ -30,13 +30,13 @@ def test_records_and_reads_back_with_scores(tmp_path):
     audit = make(tmp_path)
     bus = EventBus()
     bus.subscribe(audit.record)
-    bus.publish(Event(events.RECOGNIZED, time=1_700_000_000.0, person="alice", detail={"votes": 2},
+    bus.publish(Event(events.RECOGNIZED, time=1_700_000_000.0, person="resident", detail={"votes": 2},
                       private={"score": 0.93, "margin": 0.2}))
     bus.publish(Event(events.UNKNOWN_FACE_IMAGE, time=1_700_000_001.0, detail={"jpeg": b"\xff\xd8" * 10}))
     rows = audit.recent(10)
     assert [r.kind for r in rows] == ["unknown_face_image", "recognized"]
     assert rows[0].detail == {"jpeg": {"bytes": 20}}  # images are not stored
-    assert rows[1].person == "alice" and rows[1].time == 1_700_000_000.0
+    assert rows[1].person == "resident" and rows[1].time == 1_700_000_000.0
     assert rows[1].detail == {"votes": 2} and rows[1].private == {"score": 0.93, "margin": 0.2}
     audit.close()
     again = make(tmp_path)
@@ -83,7 +83,7 @@ def test_unusable_path_is_logged_clearly_and_never_raises(tmp_path, caplog):
 
 def test_failing_writes_keep_stored_rows_and_log_once(tmp_path, caplog):
     audit = make(tmp_path)
-    audit.record(Event(events.RECOGNIZED, time=1.0e9, person="bob", private={"score": 0.8}))
+    audit.record(Event(events.RECOGNIZED, time=1.0e9, person="visitor", private={"score": 0.8}))
     # Simulate a full disk: SQLite answers SQLITE_FULL once the file may not grow.
     pages = audit._conn.execute("PRAGMA page_count").fetchone()[0]
     audit._conn.execute(f"PRAGMA max_page_count={pages}")
@@ -93,6 +93,6 @@ def test_failing_writes_keep_stored_rows_and_log_once(tmp_path, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "full" in errors[0].getMessage()
     rows = audit.recent(1000)
-    assert rows[-1].person == "bob" and rows[-1].private == {"score": 0.8}
+    assert rows[-1].person == "visitor" and rows[-1].private == {"score": 0.8}
     assert audit._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     audit.close()

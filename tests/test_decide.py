@@ -14,9 +14,9 @@ from lock.schedule import Schedule
 BOX = np.array([[100, 100, 200, 220]], dtype=np.float32)
 FAR_BOX = np.array([[400, 100, 500, 220]], dtype=np.float32)
 MATCH = MatchSettings(threshold=0.6, margin=0.05)
-ALICE = Match("alice", 0.8, "bob", 0.3)
-BOB = Match("bob", 0.8, "alice", 0.3)
-STRANGER = Match("alice", 0.2, "bob", 0.1)
+RESIDENT = Match("resident", 0.8, "visitor", 0.3)
+VISITOR = Match("visitor", 0.8, "resident", 0.3)
+STRANGER = Match("resident", 0.2, "visitor", 0.1)
 
 
 def settings(**kw) -> DecideSettings:
@@ -67,44 +67,44 @@ def lockout_lengths(d: Decider, starts) -> list[float]:
 
 def test_two_agreeing_votes_unlock_once():
     d = make()
-    ids, events = feed(d, [ALICE, ALICE, ALICE])
+    ids, events = feed(d, [RESIDENT, RESIDENT, RESIDENT])
     assert kinds(events) == ["recognized"]
-    assert events[0].person == "alice"
+    assert events[0].person == "resident"
     assert events[0].private["score"] == pytest.approx(0.8)
     assert events[0].time == 1_700_000_000.0
     assert len(set(ids)) == 1
 
 
 def test_one_vote_is_not_enough():
-    _, events = feed(make(), [ALICE])
+    _, events = feed(make(), [RESIDENT])
     assert events == []
 
 
 def test_votes_outside_the_window_do_not_count():
     d = make(unknown_after=10, track_timeout_seconds=10.0)
-    _, events = feed(d, [ALICE, ALICE], step=3.5)   # 3.5 s apart, window 3 s
+    _, events = feed(d, [RESIDENT, RESIDENT], step=3.5)   # 3.5 s apart, window 3 s
     assert events == []
-    _, events = feed(d, [ALICE], start=6.0)         # 2.5 s after the last one
+    _, events = feed(d, [RESIDENT], start=6.0)         # 2.5 s after the last one
     assert kinds(events) == ["recognized"]
 
 
 def test_close_runner_up_gives_no_vote():
-    _, events = feed(make(), [Match("alice", 0.8, "bob", 0.78)] * 3)
+    _, events = feed(make(), [Match("resident", 0.8, "visitor", 0.78)] * 3)
     assert "recognized" not in kinds(events)
 
 
 def test_below_threshold_gives_no_vote():
-    _, events = feed(make(), [Match("alice", 0.59, None, -1.0)] * 3)
+    _, events = feed(make(), [Match("resident", 0.59, None, -1.0)] * 3)
     assert "recognized" not in kinds(events)
 
 
 def test_score_exactly_at_threshold_votes():
-    _, events = feed(make(), [Match("alice", 0.6, None, -1.0)] * 2)
+    _, events = feed(make(), [Match("resident", 0.6, None, -1.0)] * 2)
     assert kinds(events) == ["recognized"]
 
 
 def test_conflicting_votes_never_unlock_and_end_unknown():
-    _, events = feed(make(), [ALICE, BOB, ALICE, ALICE])
+    _, events = feed(make(), [RESIDENT, VISITOR, RESIDENT, RESIDENT])
     assert kinds(events) == ["unknown"]
     assert events[0].private["conflicted"] is True
 
@@ -132,11 +132,11 @@ def test_needs_embedding_goes_false_after_a_decision():
     d = make()
     (tid,) = d.observe(BOX, 0.0)
     assert d.needs_embedding(tid)
-    d.vote(tid, ALICE, 0.0)
+    d.vote(tid, RESIDENT, 0.0)
     assert d.needs_embedding(tid)
-    assert kinds(d.vote(tid, ALICE, 0.1)) == ["recognized"]
+    assert kinds(d.vote(tid, RESIDENT, 0.1)) == ["recognized"]
     assert not d.needs_embedding(tid)
-    assert d.vote(tid, ALICE, 0.2) == []
+    assert d.vote(tid, RESIDENT, 0.2) == []
 
 
 # -- tracks ----------------------------------------------------------------------
@@ -207,10 +207,10 @@ def test_denied_while_locked_out():
     d = make(lockout_after=1)
     assert "lockout" in kinds(unknown_track(d, 0.0))
     d.observe(np.empty((0, 4)), 110.0)
-    _, events = feed(d, [ALICE, ALICE], start=110.0)
+    _, events = feed(d, [RESIDENT, RESIDENT], start=110.0)
     assert kinds(events) == ["denied"]
-    assert events[0].detail["reason"] == "lockout" and events[0].person == "alice"
-    _, events = feed(d, [ALICE, ALICE], start=200.0, box=FAR_BOX)  # lockout over
+    assert events[0].detail["reason"] == "lockout" and events[0].person == "resident"
+    _, events = feed(d, [RESIDENT, RESIDENT], start=200.0, box=FAR_BOX)  # lockout over
     assert kinds(events) == ["recognized"]
 
 
@@ -222,7 +222,7 @@ def test_lockout_doubles_and_caps():
 def test_lockout_doubling_resets_after_a_successful_unlock():
     d = make(lockout_after=1, lockout_seconds=60.0, lockout_max_seconds=1000.0)
     assert lockout_lengths(d, [0, 100]) == [60.0, 120.0]
-    _, events = feed(d, [ALICE, ALICE], start=400.0, box=FAR_BOX)
+    _, events = feed(d, [RESIDENT, RESIDENT], start=400.0, box=FAR_BOX)
     assert kinds(events) == ["recognized"]
     assert lockout_lengths(d, [400]) == [60.0]
 
@@ -240,11 +240,11 @@ def test_status_reports_tracks_and_lockout():
     d = make(lockout_after=1)
     unknown_track(d, 0.0)
     (tid,) = d.observe(FAR_BOX, 101.0)
-    d.vote(tid, ALICE, 101.0)
+    d.vote(tid, RESIDENT, 101.0)
     st = d.status(101.0)
     assert st["locked_out"] is True and st["lockout_remaining_seconds"] == pytest.approx(59.3)
     by_id = {t["id"]: t for t in st["tracks"]}
-    assert by_id[tid]["votes"] == {"alice": 1} and by_id[tid]["decision"] is None
+    assert by_id[tid]["votes"] == {"resident": 1} and by_id[tid]["decision"] is None
     assert "score" not in str(st)
 
 
@@ -266,18 +266,18 @@ MONDAY_NOON = dt.datetime(2024, 5, 6, 12, 0)   # 2024-05-06 is a Monday
     (NIGHTS, dt.datetime(2024, 5, 10, 5, 0), "denied"),         # Friday early belongs to Thursday
 ])
 def test_schedules(schedule, when, expected):
-    d = make(schedules=lambda name: schedule if name == "alice" else None, local_time=lambda: when)
-    _, events = feed(d, [ALICE, ALICE])
+    d = make(schedules=lambda name: schedule if name == "resident" else None, local_time=lambda: when)
+    _, events = feed(d, [RESIDENT, RESIDENT])
     assert kinds(events) == [expected]
     if expected == "denied":
         assert events[0].detail["reason"] == "schedule"
-    _, events = feed(d, [BOB, BOB], start=10.0, box=FAR_BOX)  # bob has no schedule
+    _, events = feed(d, [VISITOR, VISITOR], start=10.0, box=FAR_BOX)  # visitor has no schedule
     assert kinds(events) == ["recognized"]
 
 
 def test_denied_track_is_decided_and_does_not_count_as_unknown():
     d = make(lockout_after=1, schedules=lambda name: WEEKDAYS,
              local_time=lambda: dt.datetime(2024, 5, 5, 12, 0))
-    ids, events = feed(d, [ALICE] * 8)
+    ids, events = feed(d, [RESIDENT] * 8)
     assert kinds(events) == ["denied"]
     assert not d.needs_embedding(ids[-1]) and not d.locked_out(1.0)

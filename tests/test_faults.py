@@ -128,7 +128,7 @@ def test_gallery_opens_read_only_on_a_full_disk_and_recovers(full_disk, monkeypa
     mnt, fill, free = full_disk
     path = mnt / "gallery.db"
     with Gallery(path, MODEL) as g:
-        g.enroll("Alice", [unit(1), unit(2)], [0.9, 0.9])
+        g.enroll("Resident", [unit(1), unit(2)], [0.9, 0.9])
     assert not os.path.exists(f"{path}-shm"), "closed cleanly: nothing left to reuse"
     fill()
     monkeypatch.setattr(gallery_mod, "REOPEN_SECONDS", 0.0)
@@ -137,15 +137,15 @@ def test_gallery_opens_read_only_on_a_full_disk_and_recovers(full_disk, monkeypa
     try:
         assert g.read_only
         assert "READ-ONLY" in caplog.text and "full" in caplog.text
-        assert [p.name for p in g.people()] == ["Alice"]
-        assert g.matcher().match(unit(1)).person == "Alice"
+        assert [p.name for p in g.people()] == ["Resident"]
+        assert g.matcher().match(unit(1)).person == "Resident"
         with pytest.raises(GalleryError, match="nothing was changed.*full"):
-            g.enroll("Bob", [unit(3)], [0.9])
+            g.enroll("Visitor", [unit(3)], [0.9])
         free()
         g.version()
         assert not g.read_only
-        g.enroll("Bob", [unit(3)], [0.9])
-        assert [p.name for p in g.people()] == ["Alice", "Bob"]
+        g.enroll("Visitor", [unit(3)], [0.9])
+        assert [p.name for p in g.people()] == ["Resident", "Visitor"]
     finally:
         g.close()
 
@@ -153,14 +153,14 @@ def test_gallery_opens_read_only_on_a_full_disk_and_recovers(full_disk, monkeypa
 def test_enroll_on_a_full_disk_is_a_clear_gallery_error(full_disk):
     mnt, fill, free = full_disk
     with Gallery(mnt / "gallery.db", MODEL) as g:
-        g.enroll("Alice", [unit(1)], [0.9])
+        g.enroll("Resident", [unit(1)], [0.9])
         fill()
         # before: sqlite3.OperationalError "cannot rollback - no transaction is active" (SQLite had
         # already rolled back), a traceback for `lock enroll`
         with pytest.raises(GalleryError, match="nothing was changed: database or disk is full"):
-            g.enroll("Bob", [unit(i) for i in range(2, 40)], [0.9] * 38)
+            g.enroll("Visitor", [unit(i) for i in range(2, 40)], [0.9] * 38)
         free()
-        assert [p.name for p in g.people()] == ["Alice"]
+        assert [p.name for p in g.people()] == ["Resident"]
         assert g._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -169,19 +169,19 @@ def test_audit_log_opened_on_a_full_disk_records_once_there_is_room(full_disk, m
     settings = AuditSettings(path=str(mnt / "audit.db"))
     a = AuditLog(settings)
     assert a.open()
-    a.record(Event(RECOGNIZED, time=time.time() - 2, person="alice"))
+    a.record(Event(RECOGNIZED, time=time.time() - 2, person="resident"))
     a.close()
     fill()
     monkeypatch.setattr(audit_mod, "REOPEN_SECONDS", 0.0)
     a = AuditLog(settings)
     with caplog.at_level(logging.ERROR, logger="lock.audit"):
         assert not a.open()
-        a.record(Event(RECOGNIZED, time=time.time() - 1, person="bob"))
+        a.record(Event(RECOGNIZED, time=time.time() - 1, person="visitor"))
     assert "cannot open" in caplog.text
     free()
-    a.record(Event(RECOGNIZED, time=time.time(), person="carol"))   # before: never reopened
+    a.record(Event(RECOGNIZED, time=time.time(), person="courier"))   # before: never reopened
     try:
-        assert [r.person for r in a.recent(10)] == ["carol", "alice"]
+        assert [r.person for r in a.recent(10)] == ["courier", "resident"]
     finally:
         a.close()
     c = sqlite3.connect(settings.path)

@@ -144,12 +144,12 @@ def test_events_keep_original_time_and_hide_scores(mqtt_broker, mqtt_subscriber,
     bus, _ = bus_events
     make_bridge(mqtt_broker.settings())
     sub = mqtt_subscriber(mqtt_broker, "face_lock/#")
-    bus.publish(Event(events.RECOGNIZED, time=1000.5, person="alice", detail={"votes": 2},
+    bus.publish(Event(events.RECOGNIZED, time=1000.5, person="resident", detail={"votes": 2},
                       private={"score": 0.91}))
     (_, payload, retained), = sub.wait_for("face_lock/event")
-    assert json.loads(payload) == {"event_type": "recognized", "time": 1000.5, "person": "alice", "votes": 2}
+    assert json.loads(payload) == {"event_type": "recognized", "time": 1000.5, "person": "resident", "votes": 2}
     assert not retained
-    assert sub.wait_for("face_lock/last_person")[0][1] == b"alice"
+    assert sub.wait_for("face_lock/last_person")[0][1] == b"resident"
 
     bus.publish(Event(events.LOCK_STATE, time=1001.0, detail={"state": "UNLOCKED"}))
     bus.publish(Event(events.FACE_UNLOCK, time=1002.0, detail={"enabled": False}))
@@ -159,7 +159,7 @@ def test_events_keep_original_time_and_hide_scores(mqtt_broker, mqtt_subscriber,
     late.wait_until(lambda c: len(c.messages) >= 4)
     assert late.on("face_lock/lock/state")[0][1:] == (b"UNLOCKED", True)
     assert late.on("face_lock/face_unlock/state")[0][1:] == (b"OFF", True)
-    assert late.on("face_lock/last_person")[0][1:] == (b"alice", True)
+    assert late.on("face_lock/last_person")[0][1:] == (b"resident", True)
     assert late.on("face_lock/event") == []
 
 
