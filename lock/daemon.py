@@ -153,8 +153,10 @@ class Daemon:
             self.gallery = Gallery(s.gallery.path, self.pipeline.model_hash)
             self.gallery.open()
             self._report_stale()
-            self._face_unlock = self._load_state().get("face_unlock", True)
+            state = self._load_state()
+            self._face_unlock = state.get("face_unlock", True)
             self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock)
+            self.decider.restore_lockout(state.get("lockout") or {})
             self.gate = ChangeGate(s.idle.change_threshold)
             if s.mqtt.enabled:
                 from lock.mqtt import MqttBridge
@@ -200,18 +202,23 @@ class Daemon:
 
     def _load_state(self) -> dict:
         try:
-            return json.loads(self._state_path().read_text())
+            state = json.loads(self._state_path().read_text())
         except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def _save_state(self) -> None:
         p = self._state_path()
         tmp = p.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"face_unlock": self._face_unlock}))
+            state = {"face_unlock": self._face_unlock}
+            if self.decider is not None:
+                state["lockout"] = self.decider.lockout_state()
+            tmp.write_text(json.dumps(state))
             os.replace(tmp, p)
         except OSError as exc:
-            log.error("cannot save %s: %s (face unlock setting will not survive a restart)", p, exc)
+            log.error("cannot save %s: %s (the face unlock setting and any lockout will not survive "
+                      "a restart)", p, exc)
 
     def _report_stale(self) -> None:
         stale = self.gallery.stale_templates()
@@ -358,6 +365,10 @@ class Daemon:
         self._last_faces = len(faces)
         raised: list[ev.Event] = []
         track_ids = self.decider.observe(faces.boxes, now)
+        for e in self.decider.ended_events():  # a lockout engaged by a stranger who walked away
+            raised.append(e)
+            self.bus.publish(e)
+            self._save_state()
         self._all_decided = all(not self.decider.needs_embedding(t) for t in track_ids)
         for i, tid in enumerate(track_ids):
             if not self._face_unlock or not self.decider.needs_embedding(tid):
@@ -372,6 +383,8 @@ class Daemon:
                 self.bus.publish(e)
                 if e.kind == ev.RECOGNIZED:
                     self.door.unlock("face")
+                if e.kind in (ev.RECOGNIZED, ev.LOCKOUT):  # the lockout (and its level) survive a restart
+                    self._save_state()
                 elif e.kind == ev.UNKNOWN and s.mqtt.unknown_image:
                     from lock.imageio import encode_jpeg
                     self.bus.publish(ev.Event.now(ev.UNKNOWN_FACE_IMAGE, jpeg=encode_jpeg(a.aligned)))
@@ -426,14 +439,13 @@ class Daemon:
         except LockError as exc:
             log.error("SIGHUP: config not reloaded, the old one stays in force: %s", exc)
             return
-        from lock.decide import Decider
         from lock.vision import quality  # noqa: F401  (quality settings are read per frame)
 
         changed = [k for k in ("camera", "vision", "door", "mqtt", "control", "gallery", "audit")
                    if getattr(new, k) != getattr(self.settings, k)]
         self.settings = new
         self.pipeline.quality_settings = new.quality
-        self.decider = Decider(new.decide, new.match, schedules=self.gallery.schedule, clock=self.clock)
+        self.decider.reconfigure(new.decide, new.match)  # tracks and any lockout carry on
         self.gate = ChangeGate(new.idle.change_threshold)
         log.info("config reloaded from %s", self.config_path)
         if changed:

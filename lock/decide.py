@@ -26,6 +26,16 @@ Choices worth knowing:
   The doubling goes back to the base after a successful unlock, or after a
   quiet period of ``lockout_max_seconds`` with neither a lockout nor an
   unknown face.
+* A track that ends undecided after at least one embedded frame and without
+  a single vote for anyone (a stranger who stepped away, or broke the track,
+  before ``unknown_after`` frames) counts towards the lockout as an unknown
+  does, without an ``unknown`` event.  Otherwise a stranger could try
+  ``unknown_after - 1`` frames at a time for ever; this way the lockout
+  engages after at most ``lockout_after * (unknown_after - 1)`` of their
+  frames.  A lockout it engages comes from :meth:`Decider.ended_events`.
+* :meth:`Decider.reconfigure` (SIGHUP) keeps the tracks and the lockout;
+  :meth:`Decider.lockout_state` / :meth:`Decider.restore_lockout` carry a
+  lockout across a restart of the daemon (state.json).
 """
 
 from __future__ import annotations
@@ -108,6 +118,11 @@ class Decider:
         self._last_unknown: float | None = None
         self._lockout_until: float | None = None
         self._lockout_level = 0      # lockouts since the last reset; the next lasts base * 2**level
+        self._ended: list[Event] = []  # raised by tracks that ended in observe(); see ended_events()
+
+    def reconfigure(self, settings: DecideSettings, match: MatchSettings) -> None:
+        """New settings (SIGHUP): tracks, votes, recent unknowns and any lockout carry on."""
+        self.settings, self.match_settings = settings, match
 
     # -- tracks ---------------------------------------------------------------
 
@@ -120,9 +135,13 @@ class Decider:
         """
         now = self._clock() if now is None else now
         s = self.settings
-        for tid in [t.id for t in self._tracks.values() if now - t.last_seen > s.track_timeout_seconds]:
-            log.debug("track %d ended", tid)
-            del self._tracks[tid]
+        for track in [t for t in self._tracks.values() if now - t.last_seen > s.track_timeout_seconds]:
+            log.debug("track %d ended", track.id)
+            del self._tracks[track.id]
+            if track.decision is None and track.embedded and not track.votes:
+                log.info("track %d ended undecided after %d unmatched frame(s): counted towards the lockout",
+                         track.id, track.embedded)
+                self._ended += self._count_unknown(now)
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         tracks = list(self._tracks.values())
@@ -205,12 +224,22 @@ class Decider:
         return self._decide(track, Event.now(RECOGNIZED, person, clock=self._wall, private=private))
 
     def _unknown(self, track: _Track, now: float) -> list[Event]:
-        s = self.settings
         private: dict[str, Any] = {"conflicted": track.conflicted}
         if track.best is not None:
             private.update(score=round(track.best.score, 4), closest=track.best.person)
         events = self._decide(track, Event.now(UNKNOWN, clock=self._wall, private=private,
                                                frames=track.embedded))
+        return events + self._count_unknown(now)
+
+    def ended_events(self) -> list[Event]:
+        """Events raised by tracks that ended in :meth:`observe` (a lockout), once each."""
+        events, self._ended = self._ended, []
+        return events
+
+    def _count_unknown(self, now: float) -> list[Event]:
+        """One more unknown attempt; the LOCKOUT event if it engages one."""
+        s = self.settings
+        events: list[Event] = []
         self._lockout_level = self._level(now)
         self._last_unknown = now
         self._unknowns.append(now)
@@ -232,6 +261,33 @@ class Decider:
         return [event]
 
     # -- lockout and status ---------------------------------------------------
+
+    def lockout_state(self) -> dict[str, Any]:
+        """The lockout as wall-clock times, to save across a restart (JSON-able)."""
+        now, wall = self._clock(), self._wall()
+        return {"until": wall + self.lockout_remaining(now) if self.locked_out(now) else None,
+                "level": self._level(now)}
+
+    def restore_lockout(self, state: dict[str, Any]) -> None:
+        """Resume a lockout saved by :meth:`lockout_state` (bad or stale entries are ignored).
+
+        The time left is capped at ``lockout_max_seconds``: a clock that went
+        back (a Pi without a real-time clock, before NTP) cannot make it longer.
+        """
+        try:
+            level = int(state.get("level", 0))
+            until = state.get("until")
+            left = 0.0 if until is None else float(until) - self._wall()
+        except (TypeError, ValueError, AttributeError):
+            return
+        now = self._clock()
+        self._lockout_level = max(0, min(level, 32))
+        if left > 0:
+            left = min(left, self.settings.lockout_max_seconds)
+            self._lockout_until = now + left
+            log.warning("face unlock stays suspended for %.0f s (a lockout from before the restart)", left)
+        elif self._lockout_level:
+            self._last_unknown = now  # the doubling resets after the usual quiet period
 
     def _level(self, now: float) -> int:
         """Lockouts counted towards the next one's length, after the quiet-period reset."""

@@ -74,6 +74,29 @@ def test_stranger_gets_one_unknown_and_no_unlock(tmp_path, pipe, people):
     assert active_spans(relay_history(factory)) == []
 
 
+def test_a_lockout_survives_a_reload_and_a_restart(tmp_path, pipe, people):
+    """A stranger engages the lockout; SIGHUP's reload and a restart (state.json) both keep it."""
+    a, stranger = people["a"], people["stranger"]
+    frames = scenario.write_frames(tmp_path / "frames", scenario.walk(people["val"][stranger][0], 20))
+    s = scenario.settings(tmp_path, frames, decide={"lockout_after": 1, "lockout_seconds": 300.0})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    enroll(pipe, s, a, people["train"][a][:6])
+    d = Daemon(s, config_path=str(cfg), pin_factory=MockFactory())
+    with Running(d) as run:
+        run.wait()
+        assert len(run.kinds(ev.UNKNOWN)) == 1 and len(run.kinds(ev.LOCKOUT)) == 1
+        d.reload()
+        assert d.status()["locked_out"] is True
+    d2 = Daemon(s, pin_factory=MockFactory())
+    try:
+        d2.open()
+        st = d2.status()
+        assert st["locked_out"] is True and 200 < st["lockout_remaining_s"] <= 300, st
+    finally:
+        d2.close()
+
+
 def test_two_enrolled_people_in_one_track_do_not_unlock(tmp_path, pipe, people):
     a, b = people["a"], people["b"]
     fa = scenario.walk(people["val"][a][0], 12, seed=5)

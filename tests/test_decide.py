@@ -281,3 +281,68 @@ def test_denied_track_is_decided_and_does_not_count_as_unknown():
     ids, events = feed(d, [RESIDENT] * 8)
     assert kinds(events) == ["denied"]
     assert not d.needs_embedding(ids[-1]) and not d.locked_out(1.0)
+
+
+# -- lockout: strangers who walk away, reloads, restarts -------------------------
+
+def stranger_walks_away(d: Decider, start: float, frames: int) -> list:
+    """A stranger's track with ``frames`` unmatched frames (< unknown_after), then gone: its events."""
+    d.observe(np.empty((0, 4)), start - 50)  # earlier tracks end
+    _, events = feed(d, [STRANGER] * frames, start=start)
+    d.observe(np.empty((0, 4)), start + 10)  # this one ends (timeout 1.5 s)
+    return events + d.ended_events()
+
+
+def test_a_stranger_who_walks_away_before_unknown_still_counts_towards_the_lockout():
+    d = make(lockout_after=3, unknown_after=4)
+    for k in range(2):
+        assert stranger_walks_away(d, 100.0 + 20 * k, 3) == []          # no unknown, no lockout yet
+    assert d.status(150.0)["recent_unknowns"] == 2
+    events = stranger_walks_away(d, 140.0, 3)
+    assert kinds(events) == ["lockout"] and d.locked_out(151.0)
+    assert d.ended_events() == []                                        # raised once
+
+
+def test_a_track_that_voted_for_someone_or_was_never_embedded_does_not_count():
+    d = make(lockout_after=1, unknown_after=4)
+    assert stranger_walks_away(d, 100.0, 0) == []                         # seen, never embedded
+    d.observe(np.empty((0, 4)), 150.0)
+    feed(d, [RESIDENT, STRANGER], start=200.0)                            # one vote, then gone
+    d.observe(np.empty((0, 4)), 210.0)
+    assert d.ended_events() == [] and not d.locked_out(210.0)
+    assert d.status(210.0)["recent_unknowns"] == 0
+
+
+def test_reconfigure_keeps_the_lockout_and_the_tracks():
+    d = make(lockout_after=1)
+    assert "lockout" in kinds(unknown_track(d, 0.0))
+    (tid,) = d.observe(FAR_BOX, 101.0)
+    d.vote(tid, RESIDENT, 101.0)
+    d.reconfigure(settings(lockout_after=5, votes=2), MATCH)
+    assert d.locked_out(102.0) and d.lockout_remaining(102.0) == pytest.approx(58.3)
+    assert d.status(102.0)["tracks"][-1]["votes"] == {"resident": 1}
+
+
+def test_a_lockout_survives_a_restart_capped_by_lockout_max_seconds():
+    clock = {"now": 0.0, "wall": 1_700_000_000.0}
+    def new():
+        return Decider(settings(lockout_after=1, lockout_seconds=60.0, lockout_max_seconds=600.0), MATCH,
+                       clock=lambda: clock["now"], wall=lambda: clock["wall"])
+    d = new()
+    unknown_track(d, 0.0)   # the lockout starts at about t = 100.3 (unknown_track starts at +100)
+    clock["now"], clock["wall"] = 110.0, 1_700_000_110.0
+    saved = d.lockout_state()
+    assert saved["level"] == 1 and saved["until"] == pytest.approx(1_700_000_160.3)   # 50.3 s left
+    clock["now"], clock["wall"] = 5.0, 1_700_000_120.0                    # restarted 10 s later
+    d2 = new()
+    d2.restore_lockout(saved)
+    assert d2.locked_out() and d2.lockout_remaining() == pytest.approx(40.3)
+    assert lockout_lengths(d2, [200.0]) == [120.0]                          # the doubling carries on too
+    clock["wall"] = 1_600_000_000.0                                         # a clock that went back
+    d3 = new()
+    d3.restore_lockout(saved)
+    assert d3.lockout_remaining() == 600.0
+    for junk in ({}, {"until": "x"}, {"until": None, "level": 0}, []):
+        d4 = new()
+        d4.restore_lockout(junk)
+        assert not d4.locked_out()
