@@ -106,6 +106,10 @@ class Door:
                     self._contact.when_activated = lambda: self._on_contact(True)
                     self._contact.when_deactivated = lambda: self._on_contact(False)
                     events.append(Event.now(DOOR_CONTACT, open=self._contact_open))
+                    if self._contact_open:  # propped open across a restart: still "held open" in time
+                        log.warning("the door is open as the lock starts")
+                        self._open_since = self._clock()
+                        self._start_held_timer()
                 if s.exit_button_pin is not None:
                     self._button = _device("exit_button_pin", gpiozero.Button, s.exit_button_pin,
                                            pull_up=True, bounce_time=bounce, pin_factory=self._pin_factory)
@@ -252,10 +256,7 @@ class Door:
                 else:
                     log.warning("door opened while locked")
                     events.append(Event.now(DOOR_FORCED))
-                self._held = threading.Timer(self.settings.held_open_seconds, self._held_too_long)
-                self._held.args = (self._held,)
-                self._held.daemon = True
-                self._held.start()
+                self._start_held_timer()
             else:
                 log.info("door closed after %.1f s open", now - (self._open_since or now))
                 if self._held is not None:
@@ -265,6 +266,14 @@ class Door:
                     self._release("door closed")
             events += self._state_changes()
         self._publish(events)
+
+    def _start_held_timer(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+        self._held = threading.Timer(self.settings.held_open_seconds, self._held_too_long)
+        self._held.args = (self._held,)
+        self._held.daemon = True
+        self._held.start()
 
     def _held_too_long(self, timer: threading.Timer) -> None:
         with self._lock:

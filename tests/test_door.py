@@ -187,6 +187,18 @@ def test_door_held_open_raises_one_event(factory, events):
     assert "door_forced" not in [e.kind for e in events]
 
 
+def test_a_door_already_open_when_the_lock_starts_is_reported_held_open(factory, events):
+    """Propped open while the service restarted: the held-open alert still comes (and no 'forced')."""
+    factory.pin(CONTACT).drive_high()   # reed switch apart: open
+    with make(factory, events, contact_pin=f"GPIO{CONTACT}", held_open_seconds=0.2) as door:
+        assert door.state == "OPEN"
+        assert wait_for(lambda: any(e.kind == "door_held_open" for e in events))
+        factory.pin(CONTACT).drive_low()
+        assert door.state == "LOCKED"
+    assert [e.kind for e in events].count("door_held_open") == 1
+    assert "door_forced" not in [e.kind for e in events]
+
+
 def test_held_open_timer_stops_when_the_door_shuts(factory, events):
     with wired(factory, events, held_open_seconds=0.2) as door:
         door.unlock()
