@@ -211,12 +211,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("faces", help="list, remove, rename enrolled people; schedules")
     fs = s.add_subparsers(dest="action", metavar="ACTION")
     fs.required = True
-    fs.add_parser("list")
-    r = fs.add_parser("remove"); r.add_argument("name")
-    r = fs.add_parser("rename"); r.add_argument("name"); r.add_argument("new")
-    r = fs.add_parser("schedule", help="allow NAME only on DAYS between HOURS")
-    r.add_argument("name"); r.add_argument("days", nargs="?", default="mon-sun")
-    r.add_argument("hours", nargs="?", default="00:00-23:59"); r.add_argument("--clear", action="store_true")
+    fs.add_parser("list", help="everyone enrolled: templates and schedule")
+    r = fs.add_parser("remove", help="forget NAME and all their templates"); r.add_argument("name")
+    r = fs.add_parser("rename", help="rename NAME to NEW"); r.add_argument("name"); r.add_argument("new")
+    r = fs.add_parser("schedule", help="allow NAME only on DAYS between HOURS (local time)")
+    r.add_argument("name")
+    r.add_argument("days", nargs="?", default="mon-sun", help="mon-fri, or mon,wed,sat (default: every day)")
+    r.add_argument("hours", nargs="?", default="00:00-24:00",
+                   help="HH:MM-HH:MM, the end not included; 22:00-06:00 runs past midnight; "
+                        "24:00 is the end of the day (default: 00:00-24:00)")
+    r.add_argument("--clear", action="store_true", help="remove NAME's schedule: any day, any time")
     fs.add_parser("purge-stale", help="remove templates made by another model")
     s.set_defaults(func=cmd_faces)
 

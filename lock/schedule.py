@@ -7,6 +7,7 @@ import datetime as dt
 import json
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MIDNIGHT = dt.time.max  # "24:00": the end of the day
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,17 +15,22 @@ class Schedule:
     """Days (``"mon"``..``"sun"``) and a local time range [start, end).
 
     ``end`` earlier than ``start`` means the range runs past midnight (e.g.
-    22:00-06:00); the day named is the day the range starts.
+    22:00-06:00); the day named is the day the range starts.  An end of
+    ``24:00`` (stored as :data:`MIDNIGHT`) is the end of the day, so
+    00:00-24:00 is the whole day.  An empty range (start == end) is refused.
     """
 
     days: tuple[str, ...] = DAYS
     start: dt.time = dt.time(0, 0)
-    end: dt.time = dt.time(23, 59, 59)
+    end: dt.time = dt.time.max
 
     def __post_init__(self) -> None:
         bad = [d for d in self.days if d not in DAYS]
         if bad or not self.days:
             raise ValueError(f"schedule days must be among {', '.join(DAYS)}; got {list(self.days)!r}")
+        if self.start == self.end:
+            raise ValueError(f"hours {self.start.strftime('%H:%M')}-{self.end.strftime('%H:%M')} would never "
+                             "let anyone in; for the whole day use 00:00-24:00")
 
     def allows(self, when: dt.datetime) -> bool:
         t = when.time()
@@ -51,7 +57,7 @@ class Schedule:
         try:
             a, b = hours.split("-", 1)
             start = dt.time.fromisoformat(a.strip())
-            end = dt.time.fromisoformat(b.strip())
+            end = MIDNIGHT if b.strip() in ("24:00", "24:00:00") else dt.time.fromisoformat(b.strip())
         except ValueError:
             raise ValueError(f"hours {hours!r}: use HH:MM-HH:MM, e.g. 07:00-19:00") from None
         return cls(days=picked, start=start, end=end)
@@ -66,4 +72,5 @@ class Schedule:
                    end=dt.time.fromisoformat(d["end"]))
 
     def __str__(self) -> str:
-        return f"{','.join(self.days)} {self.start.strftime('%H:%M')}-{self.end.strftime('%H:%M')}"
+        end = "24:00" if self.end == MIDNIGHT else self.end.strftime("%H:%M")
+        return f"{','.join(self.days)} {self.start.strftime('%H:%M')}-{end}"

@@ -346,3 +346,15 @@ def test_a_lockout_survives_a_restart_capped_by_lockout_max_seconds():
         d4 = new()
         d4.restore_lockout(junk)
         assert not d4.locked_out()
+
+
+def test_schedule_end_of_day_and_empty_ranges():
+    whole = Schedule.parse("mon-sun", "00:00-24:00")
+    assert whole.allows(dt.datetime(2024, 5, 6, 23, 59, 30)) and whole.allows(dt.datetime(2024, 5, 6, 0, 0))
+    assert str(whole) == "mon,tue,wed,thu,fri,sat,sun 00:00-24:00"
+    assert Schedule.from_json(whole.to_json()) == whole
+    late = Schedule.parse("fri", "22:00-24:00")
+    assert late.allows(dt.datetime(2024, 5, 10, 23, 59, 59)) and not late.allows(dt.datetime(2024, 5, 11, 0, 0))
+    assert Schedule().allows(dt.datetime(2024, 5, 6, 23, 59, 59))      # the default: any time
+    with pytest.raises(ValueError, match="never let anyone in.*00:00-24:00"):
+        Schedule.parse("mon-fri", "10:00-10:00")
