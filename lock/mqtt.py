@@ -547,6 +547,8 @@ class MqttBridge:
             self._warn("unreadable", "MQTT: ignored an unreadable command on %s", topic)
             return
         if topic == self.topics.switch_command:
+            # No code here, by design (README, Home Assistant): HA's switch cannot send one, and
+            # ON only re-enables face recognition; it never opens the door by itself.
             if action not in ("ON", "OFF"):
                 self._warn("unknown", "MQTT: ignored unknown face unlock command %r", action[:20])
                 return
