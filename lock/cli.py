@@ -181,12 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lock import commands  # the door, gallery and daemon commands
     commands.register(sub)
+    _common_options_everywhere(p)
     return p
+
+
+def _common_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--verbose`` also after the command (``lock demo --config FILE``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+                sp.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS)
+                _common_options_everywhere(sp)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "enroll" and not any(x.startswith("-") for x in extra):
+        args.sources += extra  # photos after an option: lock enroll NAME --replace PHOTO ...
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     for stream in (sys.stdout, sys.stderr):  # file names need not be UTF-8: never crash printing one
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")

@@ -58,10 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from lock.control import daemon_running
     from lock.enroll import enroll_files, enroll_frames
-    from lock.imageio import iter_images
+    from lock.imageio import IMAGE_EXTENSIONS, iter_images
     from lock.vision.pipeline import FacePipeline
 
     settings = _load(args)
+    if os.path.lexists(args.name) or Path(args.name).suffix.lower() in IMAGE_EXTENSIONS:
+        print(f"error: the name {args.name!r} is a file or folder: give the person's name first "
+              "(lock enroll NAME PHOTO|DIR ...)", file=sys.stderr)
+        return 2
+    if args.count < 1:
+        print(f"error: --count must be at least 1 (got {args.count})", file=sys.stderr)
+        return 2
     if args.camera:
         if args.sources:
             print("error: give either --camera or image files, not both", file=sys.stderr)
@@ -87,7 +94,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         try:
             with _gallery(settings, pipe.model_hash) as gallery:
                 report = enroll_frames(pipe, gallery, args.name, frames(), count=args.count, timeout=60,
-                                       say=lambda m: print(m, flush=True), replace=args.replace)
+                                       say=lambda m: print(m, flush=True), replace=args.replace,
+                                       lookalike=settings.match.threshold)
         finally:
             cam.close()
         print(f"enrolled {args.name}: {len(report.stored)} views")
@@ -108,7 +116,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return items
 
     with _gallery(settings, pipe.model_hash) as gallery:
-        report = enroll_files(pipe, gallery, args.name, paths, replace=args.replace, progress=bar)
+        report = enroll_files(pipe, gallery, args.name, paths, replace=args.replace, progress=bar,
+                              lookalike=settings.match.threshold, force=args.force)
     for line in report.lines():
         print(line)
     print(f"enrolled {args.name}: {len(report.stored)} template(s) from {len(paths)} image(s)")
@@ -206,6 +215,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--camera", action="store_true", help="guided capture from the camera")
     s.add_argument("--count", type=int, default=5, help="views to capture with --camera")
     s.add_argument("--replace", action="store_true", help="replace the person's templates instead of adding")
+    s.add_argument("--force", action="store_true",
+                   help="store photos even if they do not all look like one person (a face that looks like "
+                        "someone else enrolled is still refused)")
     s.set_defaults(func=cmd_enroll)
 
     s = sub.add_parser("faces", help="list, remove, rename enrolled people; schedules")

@@ -320,7 +320,8 @@ class Daemon:
         self._frame_listeners.append(listener)
         try:
             report = enroll_frames(self.pipeline_enroll, self.gallery, name, stream(), count=count,
-                                   timeout=60.0, say=say, replace=replace)
+                                   timeout=60.0, say=say, replace=replace,
+                                   lookalike=self.settings.match.threshold)
             return {"ok": True, "stored": len(report.stored)}
         except EnrollmentError as exc:
             return {"ok": False, "error": str(exc)}

@@ -67,7 +67,7 @@ def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.
     print(f"demo folder: {work}")
     pipe = FacePipeline(settings).open()
     with Gallery(settings.gallery.path, pipe.model_hash) as gallery:
-        report = enroll_files(pipe, gallery, member, enroll_photos)
+        report = enroll_files(pipe, gallery, member, enroll_photos, lookalike=settings.match.threshold)
     print(f"enrolled {member} from {len(report.stored)} photos "
           f"({len(report.rejected)} skipped: {'; '.join(report.lines()) or 'none'})")
     print(f"recording: empty porch, {member} walks up, empty porch, {stranger} (not enrolled) walks up; "

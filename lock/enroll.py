@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 # Two camera templates this similar add nothing: ask for a little variety.
 SAME_VIEW_COSINE = 0.96
+# Two photos this unlike are taken for two people: on lfw-dev (int8 pipeline)
+# 0.07 % of same-person pairs score below 0.30 and 96 % of different-person
+# pairs do.  A photo unlike more than half of the person's other photos and
+# templates is refused: one stranger's photo among a person's, or a folder
+# holding two people (the photos of the smaller group, or all when equal).
+DIFFERENT_PERSON_COSINE = 0.30
 
 
 @dataclasses.dataclass
@@ -48,9 +54,55 @@ def template_from_frame(pipeline, frame: np.ndarray):
     return a.embedding, a.quality.score
 
 
+def check_identity(gallery, name: str, embs: list[np.ndarray], labels: list[str], *,
+                   replace: bool, lookalike: float | None, force: bool = False) -> None:
+    """Refuse (EnrollmentError, nothing stored) templates that would confuse the door.
+
+    - a template at least ``lookalike`` (the match threshold) similar to someone
+      else already enrolled: the door could not tell the two apart (it would
+      refuse both by the margin rule), e.g. the same photos under a second name;
+    - a template unlike (below :data:`DIFFERENT_PERSON_COSINE`) more than half
+      of this person's others, new and enrolled: most likely someone else's
+      (``force`` skips this check only).
+    """
+    from lock.gallery import name_key
+
+    key = name_key(name)
+    matcher = gallery.matcher()
+    own = [] if replace else [t for p in matcher.people if name_key(p) == key for t in matcher.templates(p)]
+    for label, e in zip(labels, embs):
+        if lookalike is None or not len(matcher):
+            break
+        m = matcher.match(e)
+        for other, score in ((m.person, m.score), (m.runner_up, m.runner_up_score)):
+            if other is not None and name_key(other) != key and score >= lookalike:
+                raise EnrollmentError(
+                    f"nothing enrolled for {name!r}: {label} looks like {other!r}, who is already enrolled "
+                    f"(similarity at or above the match threshold {lookalike}); the door could not tell them "
+                    f"apart. If it is the same person, remove or rename {other!r} first; if not, use other photos")
+    pool = np.array(list(embs) + own, np.float32)
+    if force or len(pool) < 2:
+        return
+    unlike = (pool @ pool.T < DIFFERENT_PERSON_COSINE)[:len(labels)]
+    np.fill_diagonal(unlike, False)
+    counts = unlike.sum(axis=1)
+    odd = [label for label, c in zip(labels, counts) if 2 * c > len(pool) - 1]
+    if odd:
+        raise EnrollmentError(
+            f"nothing enrolled for {name!r}: these do not look like the same person as most of the other "
+            f"photos{' and templates' if own else ''} of {name!r} (similarity below "
+            f"{DIFFERENT_PERSON_COSINE}): {', '.join(odd)}; enroll each person under their own name "
+            "(or, if these really are one person, enroll with --force)")
+
+
 def enroll_files(pipeline, gallery, name: str, paths: Iterable[Path], *, replace: bool = False,
-                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> Report:
-    """Enroll ``name`` from image files; each unusable file is reported by name and skipped."""
+                 progress: Callable[[Iterable], Iterable] = lambda it: it,
+                 lookalike: float | None = None, force: bool = False) -> Report:
+    """Enroll ``name`` from image files; each unusable file is reported by name and skipped.
+
+    The usable ones must look like one person and, with ``lookalike`` (the
+    match threshold), like no one else enrolled (:func:`check_identity`).
+    """
     report = Report()
     embs, quals = [], []
     for path in progress(list(paths)):
@@ -69,13 +121,14 @@ def enroll_files(pipeline, gallery, name: str, paths: Iterable[Path], *, replace
     if not embs:
         detail = "; ".join(f"{w}: {why}" for w, why in report.rejected) or "no images given"
         raise EnrollmentError(f"nothing enrolled for {name!r}: no image gave a usable face ({detail})")
+    check_identity(gallery, name, embs, report.stored, replace=replace, lookalike=lookalike, force=force)
     gallery.enroll(name, embs, quals, replace=replace)
     return report
 
 
 def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *, count: int,
                   timeout: float, say: Callable[[str], None], replace: bool = False,
-                  clock: Callable[[], float] = time.monotonic) -> Report:
+                  clock: Callable[[], float] = time.monotonic, lookalike: float | None = None) -> Report:
     """Guided enrollment from live frames: ``count`` good, varied views within ``timeout`` s.
 
     ``say`` receives guidance for the person at the camera ("come closer",
@@ -110,6 +163,8 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
     if len(embs) < count:
         raise EnrollmentError(f"nothing enrolled for {name!r}: only {len(embs)} of {count} good views "
                               f"within {timeout:.0f} s (last problem: {last_hint or 'none'})")
+    views = [f"camera view {i + 1}" for i in range(len(embs))]
+    check_identity(gallery, name, embs, views, replace=replace, lookalike=lookalike)
     gallery.enroll(name, embs, quals, replace=replace)
-    report.stored = [f"camera view {i + 1}" for i in range(len(embs))]
+    report.stored = views
     return report

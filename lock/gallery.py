@@ -87,6 +87,12 @@ class Matcher:
     def __len__(self) -> int:
         return len(self._matrix)
 
+    def templates(self, person: str) -> np.ndarray:
+        """The (k, 128) templates of ``person`` (a name as in :attr:`people`; k = 0 for anyone else)."""
+        if person not in self.people:
+            return np.zeros((0, EMBEDDING_DIM), np.float32)
+        return self._matrix[self._owner == self.people.index(person)]
+
     def match(self, embedding: np.ndarray) -> Match:
         """The best person and the best other person for a unit (128,) embedding."""
         if not self.people:

@@ -89,3 +89,59 @@ def test_cli_enroll_reports_each_file_by_name(tmp_path, photos):
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "faces", "list"],
                        capture_output=True, text=True, timeout=120)
     assert "first person: 1 template(s)" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_same_face_under_a_second_name_is_refused(tmp_path, pipe, photos):
+    """Two names for one face would make the door refuse both (margin rule): refuse at enrollment."""
+    path = tmp_path / "gallery.db"
+    obama, obama2, obama3, _ = photos.singles
+    with Gallery(path, pipe.model_hash) as g:
+        enroll_files(pipe, g, "first person", [obama, obama2], lookalike=0.72)
+        enroll_files(pipe, g, "FIRST PERSON", [obama3], lookalike=0.72)      # more of the same person: fine
+        before = snapshot(path, pipe.model_hash)
+        with pytest.raises(EnrollmentError, match=r"obama\.jpg looks like 'first person', who is already enrolled"):
+            enroll_files(pipe, g, "second person", [obama], lookalike=0.72)
+        with pytest.raises(EnrollmentError, match="looks like 'first person'"):
+            enroll_files(pipe, g, "second person", [obama2], replace=True, lookalike=0.72)
+    assert snapshot(path, pipe.model_hash) == before == ([("first person", 3)], {})
+
+
+def test_photos_of_two_people_under_one_name_are_refused(tmp_path, pipe, photos):
+    path = tmp_path / "gallery.db"
+    obama, obama2, obama3, biden = photos.singles
+    train = photos.celebrities("train")
+    with Gallery(path, pipe.model_hash) as g:
+        with pytest.raises(EnrollmentError, match=r"not look like the same person.*: \S*biden\.jpg;"):
+            enroll_files(pipe, g, "one person", [obama, obama2, biden])
+        two_folders = train["elton_john"] + train["jerry_seinfeld"]
+        with pytest.raises(EnrollmentError, match="not look like the same person"):
+            enroll_files(pipe, g, "one person", two_folders)
+        enroll_files(pipe, g, "one person", [obama, obama2])
+        with pytest.raises(EnrollmentError, match="photos and templates of 'one person'.*biden"):
+            enroll_files(pipe, g, "one person", [biden])                     # unlike the enrolled ones
+    assert snapshot(path, pipe.model_hash)[0] == [("one person", 2)]
+    with Gallery(path, pipe.model_hash) as g:                                # the owner insists
+        assert enroll_files(pipe, g, "one person", [biden], force=True, lookalike=0.72).stored == [str(biden)]
+        with pytest.raises(EnrollmentError, match="looks like 'one person'"):  # force does not skip this
+            enroll_files(pipe, g, "another person", [obama], force=True, lookalike=0.72)
+    assert snapshot(path, pipe.model_hash)[0] == [("one person", 3)]
+
+
+def test_cli_enroll_mistakes(tmp_path, photos):
+    s = scenario.settings(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    obama, obama2 = photos.singles[:2]
+
+    def lock(*args):
+        return subprocess.run([sys.executable, "-m", "lock", *args], capture_output=True, text=True, timeout=300)
+
+    r = lock("--config", str(cfg), "enroll", str(obama), str(obama2))            # the name forgotten
+    assert r.returncode == 2 and "is a file or folder: give the person's name first" in r.stderr
+    r = lock("enroll", "a person", "--replace", str(obama), "--config", str(cfg))  # options anywhere
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "enrolled a person: 1 template(s)" in r.stdout
+    r = lock("faces", "list", "--config", str(cfg))
+    assert "a person: 1 template(s)" in r.stdout, r.stdout + r.stderr
+    r = lock("--config", str(cfg), "enroll", "another person", str(obama))
+    assert r.returncode == 1 and "looks like 'a person'" in r.stderr and "Traceback" not in r.stderr
