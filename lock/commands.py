@@ -127,11 +127,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_faces(args: argparse.Namespace) -> int:
     from lock.schedule import Schedule
     settings = _load(args)
+    if not os.path.lexists(settings.gallery.path):
+        # Nothing to read or change: create nothing (a gallery made by root would lock the service out).
+        failed = args.action in ("remove", "rename", "schedule")
+        print(f"{'error: ' if failed else ''}no gallery at {settings.gallery.path} yet: nobody is enrolled "
+              "(lock enroll NAME PHOTOS...)", file=sys.stderr if failed else sys.stdout)
+        return 1 if failed else 0
     with _gallery(settings) as g:
         if args.action == "list":
             people = g.people()
             if not people:
-                print("nobody is enrolled (lock enroll NAME PHOTOS...)")
+                print(f"nobody is enrolled in {settings.gallery.path} (lock enroll NAME PHOTOS...)")
             for p in people:
                 sched = f", schedule {p.schedule}" if p.schedule else ""
                 print(f"{p.name}: {p.templates} template(s){sched}")

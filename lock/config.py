@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lock.errors import ConfigError
 
@@ -25,19 +25,32 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _expand_user(v: object) -> object:
+    return os.path.expanduser(v) if isinstance(v, str) else v
+
+
+# A file or folder setting: "~/gallery.db" means the home folder, as in a shell.
+PathStr = Annotated[str, BeforeValidator(_expand_user)]
+
+
 class CameraSettings(Section):
     source: Literal["picamera2", "opencv", "files"] = "picamera2"
     device: str = Field("0", description="opencv: camera index, /dev/videoN or a stream URL")
-    path: str = Field("", description="files: a directory of images or a video file")
+    path: PathStr = Field("", description="files: a directory of images or a video file")
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=64, le=4096)
     fps: float = Field(10.0, gt=0, le=120)
     loop: bool = Field(False, description="files: start again at the end")
     retry_max_seconds: float = Field(5.0, gt=0, description="longest wait between reconnect tries (below systemd's watchdog)")
 
+    @field_validator("device", mode="before")
+    @classmethod
+    def _index_as_str(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class VisionSettings(Section):
-    models_dir: str = Field("", description="folder with the .tflite files and manifest.json; empty = the project's models/")
+    models_dir: PathStr = Field("", description="folder with the .tflite files and manifest.json; empty = the project's models/")
     threads: int = Field(2, ge=1, le=16)
     coral: bool = Field(False, description="use *_edgetpu.tflite through libedgetpu when present")
     min_face: int = Field(80, ge=20, le=1000, description="smallest face searched for, pixels of the frame")
@@ -62,11 +75,20 @@ class QualitySettings(Section):
     min_brightness: float = Field(40.0, ge=0, le=255)
     max_brightness: float = Field(220.0, ge=0, le=255)
 
+    @model_validator(mode="after")
+    def _brightness_range(self) -> "QualitySettings":
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError(f"min_brightness ({self.min_brightness:g}) must be below max_brightness "
+                             f"({self.max_brightness:g})")
+        return self
+
 
 class MatchSettings(Section):
     # Defaults from the door trial (bench/door_trial.py) with the int8 models on lfw-dev;
     # config.yaml states what they let in and what they cost.
-    threshold: float = Field(0.72, gt=-1, lt=1, description="cosine similarity a vote needs")
+    # At least 0.5: below it, more than 1 in 1,000 pairs of different people's photos in lfw-dev
+    # match (FAR 1e-3 is at 0.517), and a lock that lets strangers in is not one to run.
+    threshold: float = Field(0.72, ge=0.5, lt=1, description="cosine similarity a vote needs (0.5 to 1)")
     margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
 
 
@@ -107,24 +129,24 @@ class IdleSettings(Section):
 
 
 class GallerySettings(Section):
-    path: str = "/var/lib/lock/gallery.db"
+    path: PathStr = "/var/lib/lock/gallery.db"
 
 
 class AuditSettings(Section):
-    path: str = "/var/lib/lock/audit.db"
+    path: PathStr = "/var/lib/lock/audit.db"
     keep_days: int = Field(90, ge=1)
 
 
 class ControlSettings(Section):
-    socket: str = "/run/face-lock/control.sock"
+    socket: PathStr = "/run/face-lock/control.sock"
     group: str | None = Field("lock", description="group allowed to use the socket (mode 0660)")
 
 
 class TLSSettings(Section):
     enabled: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    ca_file: PathStr | None = None
+    cert_file: PathStr | None = None
+    key_file: PathStr | None = None
     verify: bool = True
 
 
@@ -134,13 +156,13 @@ class MQTTSettings(Section):
     port: int = Field(1883, ge=1, le=65535)
     client_id: str = "face-lock"
     username: str | None = None
-    password_file: str | None = None
+    password_file: PathStr | None = None
     password_env: str | None = Field("LOCK_MQTT_PASSWORD", description="environment variable holding the password")
     tls: TLSSettings = TLSSettings()
     base_topic: str = "face_lock"
     discovery_prefix: str = "homeassistant"
     device_name: str = "Front door"
-    code_file: str | None = Field(None, description="file holding the code remote commands must carry")
+    code_file: PathStr | None = Field(None, description="file holding the code remote commands must carry")
     code_env: str | None = Field(None, description="environment variable holding that code")
     publish_scores: bool = False
     unknown_image: bool = False
@@ -166,11 +188,6 @@ class Settings(Section):
     mqtt: MQTTSettings = MQTTSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
-        if self.quality.min_brightness >= self.quality.max_brightness:
-            raise ValueError("quality.min_brightness must be below quality.max_brightness")
-        return self
 
 
 def _describe(err: dict) -> str:
@@ -181,6 +198,8 @@ def _describe(err: dict) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if isinstance(value, dict):  # a whole section: its keys are named in the message
+        return f"{path}: {msg}"
     return f"{path}: {msg} (got {value!r})"
 
 
@@ -190,11 +209,32 @@ def parse(data: object, source: str = "<config>") -> Settings:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    # A section whose keys are all commented out reads as null: it means its defaults.
+    sections = {k for k, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)}
+    data = {k: ({} if v is None and k in sections else v) for k, v in data.items()}
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice (the second would silently win)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def find_config(path: str | os.PathLike | None) -> Path:
@@ -218,7 +258,7 @@ def load(path: str | os.PathLike | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read it: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     return parse(data, str(p))

@@ -233,7 +233,7 @@ class Daemon:
         if version != self._gallery_version:
             self._matcher = self.gallery.matcher()
             if self._gallery_version != -1:
-                log.info("gallery changed: %d people now", len(self._matcher.names) if hasattr(self._matcher, "names") else -1)
+                log.info("gallery changed: %d people now", len(self._matcher.people))
             self._gallery_version = version
 
     # --- CommandHandler (MQTT) and control socket ---------------------------

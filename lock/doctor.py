@@ -40,7 +40,8 @@ def doctor(config_path: str | None) -> int:
         ok("models", f"{rt.models_dir}: 4 models, sha256 as in the manifest")
         ok("runtime", f"{rt.name}, {rt.threads} thread(s)")
     except LockError as exc:
-        bad("models", str(exc))
+        where = " (vision.models_dir)" if settings.vision.models_dir else ""
+        bad("models", f"{exc}{where}")
 
     if settings.vision.coral:
         lib = ctypes.util.find_library("edgetpu")
@@ -74,13 +75,18 @@ def doctor(config_path: str | None) -> int:
         except Exception as exc:  # any camera library error is a finding, not a crash
             bad("camera", f"{settings.camera.source}: {exc}")
         try:
+            import warnings
             from lock.door import force_off
-            force_off(settings.door)
+            with warnings.catch_warnings():  # gpiozero warns once per pin library it tries
+                warnings.simplefilter("ignore")
+                force_off(settings.door)
             ok("gpio", f"relay {settings.door.relay_pin} driven to its inactive (locked) level")
         except Exception as exc:
             bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: pip install lgpio; user in group gpio)")
 
-    if model_hash:
+    if model_hash and not Path(settings.gallery.path).exists():  # a check creates nothing
+        bad("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled (lock enroll NAME PHOTOS...)")
+    elif model_hash:
         try:
             from lock.gallery import Gallery
             g = Gallery(settings.gallery.path, model_hash)

@@ -157,7 +157,11 @@ def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[
 def read_password(settings: MQTTSettings) -> str | None:
     """The broker password from ``password_file`` or else ``password_env``; never from config.yaml."""
     if settings.password_file:
-        return Path(settings.password_file).read_text(encoding="utf-8").strip()
+        try:
+            return Path(settings.password_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ValueError(f"mqtt.password_file: cannot read {settings.password_file}: {why}") from None
     if settings.password_env:
         return os.environ.get(settings.password_env) or None
     return None
@@ -182,6 +186,8 @@ def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
                          protocol=paho.MQTTv311, clean_session=True)
     if settings.username:
         client.username_pw_set(settings.username, read_password(settings))
+    elif settings.password_file:
+        log.warning("MQTT: mqtt.password_file is set but mqtt.username is not: no password is sent")
     tls = settings.tls
     if tls.enabled:
         files = {key: getattr(tls, key) for key in ("ca_file", "cert_file", "key_file") if getattr(tls, key)}
@@ -619,12 +625,13 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
     try:
         client = _make_client(settings, will=False)
     except (OSError, ValueError, ssl.SSLError) as exc:
-        return False, f"cannot set up the client (password file or TLS files): {exc}"
+        return False, f"cannot set up the client: {exc}"
     done = threading.Event()
     result: dict[str, Any] = {}
 
     def on_connect(client, userdata, flags, reason_code, properties):
         result["rc"] = reason_code
+        result["connack"] = True
         done.set()
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
@@ -644,6 +651,11 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
         if not done.wait(timeout):
             return False, f"{where} accepted the connection but did not answer within {timeout:g} s"
         rc = result["rc"]
+        if rc.is_failure and "connack" not in result:
+            tls = ("mqtt.tls.enabled is false: is this a TLS port (usually 8883)?" if not settings.tls.enabled
+                   else "is this a plain (non-TLS) port, usually 1883?")
+            return False, (f"{where} closed the connection without an MQTT answer: {tls} "
+                           "(check mqtt.port and mqtt.tls.enabled)")
         if rc.is_failure:
             return False, f"{where} refused the connection: {rc} (check mqtt.username, the password and ACLs)"
         who = f" as {settings.username}" if settings.username else ""

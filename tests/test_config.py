@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 
@@ -42,13 +44,33 @@ def test_config_yaml_lists_every_setting_with_its_default():
     ({"vision": {"thresholds": [0.6, 0.7]}}, "vision.thresholds"),
     ({"vision": {"thresholds": [0.6, 0.7, 1.5]}}, "vision.thresholds"),
     ({"decide": {"votes": 0}}, "decide.votes"),
-    ({"quality": {"min_brightness": 200, "max_brightness": 100}}, "quality.min_brightness"),
+    ({"quality": {"min_brightness": 200, "max_brightness": 100}}, "quality: min_brightness (200) must be below"),
+    ({"match": {"threshold": 0.0}}, "match.threshold: Input should be greater than or equal to 0.5"),
     ({"door": {"relay_pn": 17}}, "door.relay_pn"),
     ({"cameras": {}}, "cameras"),
 ])
 def test_bad_values_name_the_key_path(doc, where):
-    with pytest.raises(config.ConfigError, match=where.replace(".", r"\.")):
+    with pytest.raises(config.ConfigError, match=re.escape(where)) as err:
         config.parse(doc, "test.yaml")
+    assert "{" not in str(err.value)  # never the whole config (or section) dumped into the message
+
+
+def test_forgiving_where_the_meaning_is_plain(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = config.parse({"camera": {"device": 0}, "gallery": {"path": "~/gallery.db"}, "mqtt": None}, "t.yaml")
+    assert s.camera.device == "0" and s.gallery.path == str(tmp_path / "gallery.db")
+    assert s.mqtt == config.MQTTSettings()    # a section with every key commented out: its defaults
+
+
+@pytest.mark.parametrize("body, where", [
+    ("camera:\n  fps: 5\ncamera:\n  fps: 6\n", "the key 'camera' is given twice"),
+    ("camera:\n  fps: 5\n  fps: 6\n", "the key 'fps' is given twice"),
+])
+def test_a_key_given_twice_is_refused(tmp_path, body, where):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(body)
+    with pytest.raises(config.ConfigError, match=where):
+        config.load(cfg)
 
 
 def run_lock(*args, cwd=None):

@@ -340,7 +340,7 @@ def test_tls_client_certificate_when_the_broker_requires_one(mqtt_broker_factory
 
 def test_plain_client_gets_nothing_from_a_tls_listener(tls_broker, make_bridge):
     ok, why = check(tls_broker.settings())
-    assert not ok, why
+    assert not ok and "without an MQTT answer" in why and "mqtt.tls.enabled" in why, why
 
 
 def test_check_reports_plainly(mqtt_broker, tmp_path):
@@ -358,6 +358,8 @@ def test_bad_password_check(mqtt_broker_factory, tmp_path):
     secret.write_text("nope")
     ok, why = check(broker.settings(username="lock", password_file=str(secret)))
     assert not ok and "refused" in why
+    ok, why = check(broker.settings(username="lock", password_file=str(tmp_path / "absent")))
+    assert not ok and f"mqtt.password_file: cannot read {tmp_path / 'absent'}" in why, why
 
 
 def test_constructor_does_no_io(bus_events):
