@@ -218,4 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # Enrollment writes in one transaction at the end: an interrupted one stored nothing.
+        print("interrupted" + (": nothing enrolled" if args.command == "enroll" else ""), file=sys.stderr)
         return 130

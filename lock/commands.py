@@ -107,6 +107,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     for m in missing:
         print(f"{m}: skipped: no such file or folder")
     paths = iter_images([s for s in args.sources if s not in missing])
+    for d in (s for s in args.sources if s not in missing and os.path.isdir(s)):
+        if not iter_images([d]):
+            missing.append(d)
+            print(f"{d}: skipped: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+    if not paths:
+        print(f"error: nothing enrolled for {args.name!r}: no image files given", file=sys.stderr)
+        return 1
     pipe = FacePipeline(settings).open()
 
     def bar(items):
