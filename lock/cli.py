@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        # Enrollment writes in one transaction at the end: an interrupted one stored nothing.
-        print("interrupted" + (": nothing enrolled" if args.command == "enroll" else ""), file=sys.stderr)
+        # Enrollment writes in one transaction at the end: all of it or nothing.
+        print("interrupted" + (" (an enrollment is stored whole or not at all: see lock faces list)"
+                               if args.command == "enroll" else ""), file=sys.stderr)
         return 130
