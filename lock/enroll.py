@@ -139,9 +139,11 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
     quals: list[float] = []
     last_hint = ""
     deadline = clock() + timeout
+    timed_out = False
     say(f"look at the camera: {count} good views needed")
     for frame in frames:
         if clock() > deadline:
+            timed_out = True
             break
         hint = ""
         try:
@@ -161,8 +163,9 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
             say(hint)
         last_hint = hint
     if len(embs) < count:
+        when = f"within {timeout:.0f} s" if timed_out or clock() > deadline else "before the camera stopped"
         raise EnrollmentError(f"nothing enrolled for {name!r}: only {len(embs)} of {count} good views "
-                              f"within {timeout:.0f} s (last problem: {last_hint or 'none'})")
+                              f"{when} (last problem: {last_hint or 'none'})")
     views = [f"camera view {i + 1}" for i in range(len(embs))]
     check_identity(gallery, name, embs, views, replace=replace, lookalike=lookalike)
     gallery.enroll(name, embs, quals, replace=replace)

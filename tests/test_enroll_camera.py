@@ -54,6 +54,7 @@ def test_camera_enrollment_fails_cleanly_without_a_face(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "a new user", "--camera"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "nothing enrolled" in r.stderr and "Traceback" not in r.stderr
+    assert "before the camera stopped (last problem: no face found)" in r.stderr, r.stderr
     assert templates(s, "a new user") == 0
 
 
