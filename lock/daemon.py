@@ -163,6 +163,7 @@ class Daemon:
                 self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None)
                 self.mqtt.start()
             self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
+            self.door.announce()  # the door was opened before the audit log and MQTT listened
             self.control = ControlServer(s.control.socket, self._handle, group=s.control.group)
             self.control.start()
             self.camera = self._camera or make_camera(s.camera)
@@ -239,8 +240,8 @@ class Daemon:
     # --- CommandHandler (MQTT) and control socket ---------------------------
 
     def unlock(self, source: str) -> None:
+        self.door.unlock(source)  # first: a door that cannot unlock raises no remote_unlock event
         self.bus.publish(ev.Event.now(ev.REMOTE_UNLOCK, source=source))
-        self.door.unlock(source)
 
     def lock(self, source: str) -> None:
         log.info("lock requested by %s", source)
@@ -381,9 +382,9 @@ class Daemon:
                 match = self._matcher.match(a.embedding)
             for e in self.decider.vote(tid, match, now):
                 raised.append(e)
-                self.bus.publish(e)
                 if e.kind == ev.RECOGNIZED:
-                    self.door.unlock("face")
+                    self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
+                self.bus.publish(e)
                 if e.kind in (ev.RECOGNIZED, ev.LOCKOUT):  # the lockout (and its level) survive a restart
                     self._save_state()
                 elif e.kind == ev.UNKNOWN and s.mqtt.unknown_image:

@@ -123,6 +123,20 @@ class Door:
         self._publish(events)
         return self
 
+    def announce(self) -> None:
+        """Publish the lock state (and the contact) as they are now, whatever was published before.
+
+        For subscribers that came after :meth:`open` (the audit log, MQTT): a retained
+        ``UNLOCKED`` left on the broker by a process killed mid-pulse must not stand.
+        """
+        with self._lock:
+            self._require_open()
+            state = self._published_state = self.state
+            events = [Event.now(LOCK_STATE, state=state)]
+            if self._contact is not None:
+                events.append(Event.now(DOOR_CONTACT, open=self._contact_open))
+        self._publish(events)
+
     def close(self) -> None:
         """Relay off first, then release every pin.  Safe to call twice."""
         events: list[Event] = []

@@ -8,7 +8,7 @@ commands become calls on a :class:`CommandHandler` (the daemon).
 Topics (``<base>`` is ``mqtt.base_topic``)::
 
     <base>/availability      online / offline, retained (offline is the last will)
-    <base>/lock/state        LOCKED UNLOCKED LOCKING UNLOCKING OPEN JAMMED, retained
+    <base>/lock/state        LOCKED UNLOCKED LOCKING UNLOCKING OPEN OPENING JAMMED, retained
     <base>/lock/set          commands LOCK UNLOCK OPEN (JSON {"action", "code"} when a code is set)
     <base>/event             JSON Event.public_dict() of door events (HA `event` entity)
     <base>/face_unlock/state ON / OFF, retained;  <base>/face_unlock/set  ON / OFF
@@ -122,7 +122,9 @@ def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[
         return f"{settings.discovery_prefix}/{component}/{dev_id}/{object_id}/config", payload
 
     lock_fields: dict[str, Any] = dict(
-        command_topic=t.lock_command, state_topic=t.lock_state, qos=1, retain=False, optimistic=False,
+        # qos 0 for commands: at most once.  A QoS 1 UNLOCK queued by a disconnected client could
+        # arrive, and open the door, long after it was asked for.
+        command_topic=t.lock_command, state_topic=t.lock_state, qos=0, retain=False, optimistic=False,
         payload_lock="LOCK", payload_unlock="UNLOCK", payload_open="OPEN",
         state_locked="LOCKED", state_unlocked="UNLOCKED", state_locking="LOCKING",
         state_unlocking="UNLOCKING", state_open="OPEN", state_opening="OPENING", state_jammed="JAMMED")
@@ -134,7 +136,7 @@ def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[
         entity("lock", "lock", None, **lock_fields),
         entity("event", "event", "Door event", state_topic=t.event, event_types=list(events.DOOR_EVENTS)),
         entity("switch", "face_unlock", "Face unlock", command_topic=t.switch_command, state_topic=t.switch_state,
-               payload_on="ON", payload_off="OFF", qos=1, retain=False, icon="mdi:face-recognition"),
+               payload_on="ON", payload_off="OFF", qos=0, retain=False, icon="mdi:face-recognition"),
         entity("sensor", "last_person", "Last person recognized", state_topic=t.last_person,
                icon="mdi:account"),
         entity("sensor", "fps", "Camera frame rate", state_topic=t.stats, value_template="{{ value_json.fps }}",
@@ -532,8 +534,14 @@ class MqttBridge:
             return
         if topic not in (self.topics.lock_command, self.topics.switch_command):
             return
+        if not message.payload:  # an empty message: a retained command being cleared (below)
+            return
         if message.retain:
-            self._warn("retained", "MQTT: ignored a retained command on %s (commands must never be retained)", topic)
+            # Only a stored (retained) command replayed at (re)connect has the flag set (MQTT 3.1.1
+            # clears it on live delivery): never act on it, and clear it so it is not replayed again.
+            self._warn("retained", "MQTT: ignored and cleared a retained command on %s (commands must never "
+                       "be retained)", topic)
+            self._enqueue(_Message(topic, b"", retain=True))
             return
         if len(message.payload) > MAX_COMMAND_BYTES:
             self._warn("size", "MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,

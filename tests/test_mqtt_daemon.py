@@ -79,19 +79,24 @@ def test_remote_commands_retained_and_wrong_code(tmp_path, mqtt_broker, mqtt_sub
     t = Topics.of(s.mqtt)
     sub = mqtt_subscriber(mqtt_broker, "#")
     sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "4321"}), retain=True)
+    sub.publish(t.lock_state, "UNLOCKED", retain=True)   # left by a lock killed mid-pulse
     factory = MockFactory()
     d = Daemon(s, pin_factory=factory)
     with Running(d, stop_when_exhausted=False) as run:
         assert scenario.wait_until(lambda: d.mqtt.connected, 10)
         time.sleep(1.0)
         assert active_spans(relay_history(factory)) == [], "a retained UNLOCK must not unlock"
+        assert sub.payloads(t.lock_state)[-1] == b"LOCKED", "the real state replaces a stale retained one"
+        late = mqtt_subscriber(mqtt_broker, t.lock_command)               # the retained command was cleared
+        time.sleep(0.5)
+        assert late.payloads(t.lock_command) == []
         sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "0000"}))
         assert scenario.wait_until(lambda: run.kinds(ev.DENIED), 5)
         assert active_spans(relay_history(factory)) == []
         assert run.kinds(ev.DENIED)[0].detail.get("reason") == "bad_code"
         sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "4321"}))
         assert scenario.wait_until(lambda: len(active_spans(relay_history(factory))) == 1, 5)
-        assert run.kinds(ev.REMOTE_UNLOCK)
+        assert scenario.wait_until(lambda: run.kinds(ev.REMOTE_UNLOCK), 5)
 
 
 KILL_HARNESS = """
