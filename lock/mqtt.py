@@ -154,6 +154,14 @@ def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[
     return messages
 
 
+def retired_discovery_topics(settings: MQTTSettings, has_contact: bool) -> list[str]:
+    """Config topics of the optional entities that are off now: an empty retained message removes them
+    from Home Assistant (and from the broker), so an entity switched off does not linger there."""
+    dev_id = device_id(settings)
+    off = [("binary_sensor", "door")] * (not has_contact) + [("image", "unknown_face")] * (not settings.unknown_image)
+    return [f"{settings.discovery_prefix}/{component}/{dev_id}/{object_id}/config" for component, object_id in off]
+
+
 # --------------------------------------------------------------------------- secrets and client
 
 def read_password(settings: MQTTSettings) -> str | None:
@@ -477,8 +485,10 @@ class MqttBridge:
         log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
 
     def _discovery(self) -> list[_Message]:
-        return [_Message(topic, _dumps(payload), retain=True)
-                for topic, payload in discovery_messages(self.settings, self._has_contact)]
+        return ([_Message(topic, _dumps(payload), retain=True)
+                 for topic, payload in discovery_messages(self.settings, self._has_contact)]
+                + [_Message(topic, b"", retain=True)
+                   for topic in retired_discovery_topics(self.settings, self._has_contact)])
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError`, so the cause is still at hand.

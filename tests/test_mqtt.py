@@ -132,6 +132,22 @@ def test_discovery_and_availability_are_published_retained(mqtt_broker, mqtt_sub
     assert after.on("face_lock/availability")[-1][1:] == (b"offline", True)
 
 
+def test_entities_switched_off_are_removed_from_home_assistant(mqtt_broker, mqtt_subscriber, make_bridge):
+    """A run with the door contact and the unknown-face image, then one without: their configs go."""
+    settings = mqtt_broker.settings(unknown_image=True)
+    first = make_bridge(settings, has_contact=True)
+    gone = [t for t, _ in discovery_messages(settings, True) if "/binary_sensor/" in t or "/image/" in t]
+    assert len(gone) == 2
+    mqtt_subscriber(mqtt_broker).wait_until(lambda c: all(c.on(t) for t in gone))   # retained on the broker
+    first.stop()
+    plain = mqtt_broker.settings()
+    make_bridge(plain, has_contact=False)
+    watch = mqtt_subscriber(mqtt_broker, "homeassistant/#")
+    watch.wait_until(lambda c: all(c.on(t) for t, _ in discovery_messages(plain, False)))
+    time.sleep(0.5)
+    assert all(not watch.on(t) for t in gone), "switched-off entities still retained"
+
+
 def test_discovery_resent_when_home_assistant_comes_online(mqtt_broker, mqtt_subscriber, make_bridge):
     make_bridge(mqtt_broker.settings())
     sub = mqtt_subscriber(mqtt_broker, "homeassistant/lock/#")
