@@ -298,7 +298,9 @@ class OpenCVCamera(Camera):
         ok, bgr = self._cap.read()
         if not ok or bgr is None:
             raise CameraError("the camera returned no frame")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        # Many webcams ignore the size asked for, and a stream has its own: frames larger than
+        # camera.width x camera.height are shrunk, as the detector was sized for that.
+        return _fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.settings.width, self.settings.height)
 
     def _disconnect(self) -> None:
         cap, self._cap = self._cap, None
@@ -349,6 +351,16 @@ class FileCamera(Camera):
         elif self.path.suffix.lower() in IMAGE_EXTENSIONS:
             self._files = [self.path]
         else:
+            # Anything else must be a video OpenCV reads: say so now, not by retrying for ever.
+            cap = cv2.VideoCapture(str(self.path))
+            try:
+                readable = cap.isOpened() and cap.read()[0]
+            finally:
+                cap.release()
+            if not readable:
+                raise CameraError(f"{self.path}: not a folder of images, an image "
+                                  f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video OpenCV can read "
+                                  "(camera.path)")
             self._video = True
 
     def _connect(self) -> None:

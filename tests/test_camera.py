@@ -207,6 +207,24 @@ def test_configuration_errors_raise_at_open(tmp_path):
         FileCamera(files(tmp_path / "empty")).open()
     with pytest.raises(CameraError, match="camera.path is empty"):
         FileCamera(CameraSettings(source="files")).open()
+    for name, data in (("notes.txt", b"not a video"), ("door.mp4", b"\0" * 4096), ("photo.heic", b"ftypheic")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CameraError, match=f"{name}: not a folder of images, an image .* or a video"):
+            FileCamera(files(tmp_path / name)).open()     # said at once, never retried as an outage
+
+
+def test_opencv_frames_larger_than_the_setting_are_shrunk(tmp_path):
+    """A webcam or stream that ignores the size asked for: the detector still gets camera.width x height."""
+    path = tmp_path / "big.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (1280, 720))
+    for _ in range(5):
+        writer.write(np.full((720, 1280, 3), (0, 0, 250), np.uint8))   # BGR red
+    writer.release()
+    with OpenCVCamera(CameraSettings(source="opencv", device=str(path), width=640, height=480)) as cam:
+        f = cam.read(timeout=5.0)
+    assert f is not None and f.image.shape == (360, 640, 3)
+    red, _, blue = (int(v) for v in f.image[180, 320])
+    assert red > 240 and blue < 10    # BGR from OpenCV turned to RGB once
 
 
 def test_factory_kinds():
