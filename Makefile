@@ -11,6 +11,8 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test venv photos mosquitto bench lfw models clean
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  (echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); the lock needs Python >= 3.11 (make PYTHON=python3.11 ...)"; exit 1)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -21,9 +23,12 @@ venv: $(VENV)/.installed
 photos: venv
 	$(PY) -m tools.photos
 
+# mosquitto for the MQTT tests, systemd-analyze (package systemd) to check the unit file
 mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto)
+	@command -v systemd-analyze >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq systemd)
 
 demo: photos
 	$(PY) -m lock demo
