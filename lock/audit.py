@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lock.config import AuditSettings
-from lock.events import Event
+from lock.events import STATS, Event
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,10 @@ class AuditLog:
                 log.warning("audit log %s: error while closing: %s", self.path, exc)
 
     def record(self, event: Event) -> None:
-        """Store one event (bus subscriber); never raises."""
+        """Store one event (bus subscriber); never raises.  Telemetry (``stats``, every 10 s) is not
+        kept: it is not a door event, and a commit per sample would wear an SD card for nothing."""
+        if event.kind == STATS:
+            return
         if self._conn is None:
             self._retry_open()
         with self._lock:

@@ -96,3 +96,14 @@ def test_failing_writes_keep_stored_rows_and_log_once(tmp_path, caplog):
     assert rows[-1].person == "visitor" and rows[-1].private == {"score": 0.8}
     assert audit._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     audit.close()
+
+
+def test_telemetry_is_not_stored(tmp_path):
+    a = AuditLog(AuditSettings(path=str(tmp_path / "audit.db")))
+    a.open()
+    try:
+        a.record(Event(events.STATS, time=1.0e9, detail={"fps": 10.0, "latency_ms": 40.0}))
+        a.record(Event(events.UNKNOWN, time=1.0e9 + 1))
+        assert [r.kind for r in a.recent(10)] == [events.UNKNOWN]
+    finally:
+        a.close()

@@ -208,3 +208,24 @@ def test_missing_truncated_or_altered_model_is_named(tmp_path):
 
     with pytest.raises(ModelError, match="manifest missing"):
         Runtime(tmp_path / "nowhere").open()
+
+
+def test_a_face_cut_off_by_the_edge_is_refused_whole_it_is_kept(pipe, photos):
+    """Alignment fills the missing part with edge pixels: such a face must not vote or be enrolled."""
+    frame = load_image(photos.singles[1])
+    faces = pipe.detect(frame)
+    x1, y1, x2, y2 = faces.boxes[0]
+    assert pipe.analyse(frame, faces, 0).quality.ok
+    cut = np.ascontiguousarray(frame[:, int(x1 + 0.35 * (x2 - x1)):])    # 35 % of the face gone
+    cfaces = pipe.detect(cut)
+    assert len(cfaces) == 1
+    reasons = pipe.analyse(cut, cfaces, 0).quality.reasons
+    assert any("cut off by the edge" in r for r in reasons), reasons
+
+
+def test_non_finite_landmarks_are_a_quality_reason_not_a_crash(pipe, photos):
+    frame = load_image(photos.singles[1])
+    faces = pipe.detect(frame)
+    bad = mtcnn_mod.Faces(faces.boxes, faces.scores, np.full_like(faces.landmarks, np.nan))
+    a = pipe.analyse(frame, bad, 0)
+    assert a.embedding is None and a.quality.reasons == ("no usable landmarks",)

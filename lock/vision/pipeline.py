@@ -13,7 +13,7 @@ import numpy as np
 
 from lock.config import QualitySettings, Settings, models_dir
 from lock.vision import quality as quality_mod
-from lock.vision.align import align
+from lock.vision.align import SIZE as ALIGNED_SIZE, align
 from lock.vision.facenet import Embedder
 from lock.vision.mtcnn import Detector, Faces
 from lock.vision.runtime import Runtime
@@ -64,8 +64,13 @@ class FacePipeline:
 
     def analyse(self, frame: np.ndarray, faces: Faces, i: int, *, embed_if_poor: bool = False) -> Analysis:
         """Align face ``i``, judge its quality and (if good, or asked) embed it."""
+        if not (np.isfinite(faces.boxes[i]).all() and np.isfinite(faces.landmarks[i]).all()):
+            # never from these models, but a NaN must not reach the SVD of the alignment
+            return Analysis(np.zeros((ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8),
+                            quality_mod.Quality(0.0, 0.0, 0.0, 0.0, 0.0, ("no usable landmarks",)), None)
         aligned = align(frame, faces.landmarks[i])
-        q = quality_mod.assess(faces.boxes[i], faces.landmarks[i], aligned, self.quality_settings)
+        q = quality_mod.assess(faces.boxes[i], faces.landmarks[i], aligned, self.quality_settings,
+                               frame.shape)
         emb = self.embedder.embed(aligned) if (q.ok or embed_if_poor) else None
         return Analysis(aligned, q, emb)
 

@@ -58,8 +58,29 @@ def pose(landmarks: np.ndarray) -> tuple[float, float]:
     return yaw, pitch
 
 
-def assess(box: np.ndarray, landmarks: np.ndarray, aligned: np.ndarray, settings) -> Quality:
-    """Measure a face and list what is wrong with it (settings: config.QualitySettings)."""
+# More of the face box than this outside the picture: alignment would fill the
+# missing part with repeated edge pixels, a poor template or probe.
+MAX_OUTSIDE = 0.10
+
+
+def outside_fraction(box: np.ndarray, frame_shape: tuple[int, ...]) -> float:
+    """Share of the box's area that lies outside a frame of ``frame_shape`` (h, w, ...)."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area <= 0:
+        return 0.0
+    h, w = frame_shape[:2]
+    inside = max(min(x2, w) - max(x1, 0.0), 0.0) * max(min(y2, h) - max(y1, 0.0), 0.0)
+    return 1.0 - inside / area
+
+
+def assess(box: np.ndarray, landmarks: np.ndarray, aligned: np.ndarray, settings,
+           frame_shape: tuple[int, ...] | None = None) -> Quality:
+    """Measure a face and list what is wrong with it (settings: config.QualitySettings).
+
+    With ``frame_shape``, a face cut off by the edge of the picture (more than
+    :data:`MAX_OUTSIDE` of its box outside) is rejected too.
+    """
     size = float(min(box[2] - box[0], box[3] - box[1]))
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
     centre = grey[30:140, 30:130]  # the face itself, not the background around it
@@ -69,6 +90,10 @@ def assess(box: np.ndarray, landmarks: np.ndarray, aligned: np.ndarray, settings
     reasons = []
     if size < settings.min_face:
         reasons.append(f"face too small ({size:.0f} px, needs {settings.min_face}): come closer")
+    cut = outside_fraction(box, frame_shape) if frame_shape is not None else 0.0
+    if cut > MAX_OUTSIDE:
+        reasons.append(f"face cut off by the edge of the picture ({100 * cut:.0f} % outside): "
+                       "step into the middle")
     if abs(yaw) > settings.max_yaw:
         reasons.append(f"head turned {abs(yaw):.0f}° (at most {settings.max_yaw:.0f}°): face the camera")
     if abs(pitch) > settings.max_pitch:
