@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import urllib.parse
 import threading
 import time
 from pathlib import Path
@@ -268,9 +269,20 @@ class PicameraCamera(Camera):
                 cam.close()
 
 
+_SECRET_QUERY_KEYS = {"pass", "passwd", "password", "pwd", "key", "token", "auth", "secret"}
+
+
 def _redact(source: str) -> str:
-    """A stream URL without its password, for logs."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", source)
+    """A stream URL without its password (user:password@ or ?password=...), for logs."""
+    # Up to the last "@" before any query: a password may itself hold "@" or "/" (over-redacting is safe).
+    source = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]+:)[^?#]*@", r"\1***@", source, flags=re.IGNORECASE)
+    parts = urllib.parse.urlsplit(source)
+    if not parts.scheme or not parts.query:
+        return source
+    query = "&".join(f"{k}=***" if k.lower() in _SECRET_QUERY_KEYS else (f"{k}={v}" if v or "=" in pair else k)
+                     for pair in parts.query.split("&") if pair
+                     for k, _, v in [pair.partition("=")])
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 class OpenCVCamera(Camera):

@@ -250,3 +250,16 @@ def test_missing_opencv_device_is_retried_not_fatal(caplog):
     lost = [r.getMessage() for r in caplog.records if "camera lost" in r.getMessage()]
     assert len(lost) == 1
     assert "secret" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("rtsp://admin:p@ss@cam.local:554/stream", "rtsp://admin:***@cam.local:554/stream"),
+    ("rtsp://admin:a/b@cam/s", "rtsp://admin:***@cam/s"),
+    ("http://cam/video?user=admin&password=s3cret&x=1", "http://cam/video?user=admin&password=***&x=1"),
+    ("rtsp://a:b@c/d?token=zz", "rtsp://a:***@c/d?token=***"),
+    ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+    ("/dev/video0", "/dev/video0"),
+])
+def test_stream_passwords_never_reach_the_logs(url, shown):
+    from lock.camera import _redact
+    assert _redact(url) == shown
