@@ -387,7 +387,7 @@ class Daemon:
                 self.bus.publish(e)
                 if e.kind in (ev.RECOGNIZED, ev.LOCKOUT):  # the lockout (and its level) survive a restart
                     self._save_state()
-                elif e.kind == ev.UNKNOWN and s.mqtt.unknown_image:
+                if e.kind == ev.UNKNOWN and s.mqtt.unknown_image:
                     from lock.imageio import encode_jpeg
                     self.bus.publish(ev.Event.now(ev.UNKNOWN_FACE_IMAGE, jpeg=encode_jpeg(a.aligned)))
         self.stats.latency_ms = (time.perf_counter() - t0) * 1e3
