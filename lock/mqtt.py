@@ -551,7 +551,7 @@ class MqttBridge:
             # clears it on live delivery): never act on it, and clear it so it is not replayed again.
             self._warn("retained", "MQTT: ignored and cleared a retained command on %s (commands must never "
                        "be retained)", topic)
-            self._enqueue(_Message(topic, b"", retain=True))
+            self._enqueue(_Message(topic, b"", retain=True, coalesce=True))
             return
         if len(message.payload) > MAX_COMMAND_BYTES:
             self._warn("size", "MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,
