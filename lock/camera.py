@@ -274,8 +274,8 @@ _SECRET_QUERY_KEYS = {"pass", "passwd", "password", "pwd", "key", "token", "auth
 
 def _redact(source: str) -> str:
     """A stream URL without its password (user:password@ or ?password=...), for logs."""
-    # Up to the last "@" before any query: a password may itself hold "@" or "/" (over-redacting is safe).
-    source = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]+:)[^?#]*@", r"\1***@", source, flags=re.IGNORECASE)
+    # Up to the last "@": a password may itself hold "@", "/", "?" or "#" (over-redacting is safe).
+    source = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]+:).*@", r"\1***@", source, flags=re.IGNORECASE)
     parts = urllib.parse.urlsplit(source)
     if not parts.scheme or not parts.query:
         return source

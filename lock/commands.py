@@ -62,8 +62,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from lock.vision.pipeline import FacePipeline
 
     settings = _load(args)
-    if os.path.lexists(args.name) or Path(args.name).suffix.lower() in IMAGE_EXTENSIONS:
-        print(f"error: the name {args.name!r} is a file or folder: give the person's name first "
+    # The name forgotten (`lock enroll photos/a.jpg photos/b.jpg`) would enroll a person called
+    # "photos/a.jpg".  A plain word that is also a folder here (`lock enroll alice alice/`) is fine.
+    looks_like_path = Path(args.name).suffix.lower() in IMAGE_EXTENSIONS or (
+        os.path.lexists(args.name) and ("/" in args.name.rstrip("/") or os.path.isfile(args.name)))
+    if looks_like_path:
+        print(f"error: the name {args.name!r} is a photo or a path: give the person's name first "
               "(lock enroll NAME PHOTO|DIR ...)", file=sys.stderr)
         return 2
     if args.count < 1:

@@ -8,6 +8,7 @@ the bad value and what is allowed; the CLI turns that into exit status 2.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +20,7 @@ from lock.errors import ConfigError
 
 DEFAULT_PATHS = (Path("/etc/lock/config.yaml"), Path("config.yaml"))
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -98,7 +100,7 @@ class DecideSettings(Section):
     unknown_after: int = Field(4, ge=1, description="embedded frames without an accept before 'unknown'")
     track_iou: float = Field(0.3, gt=0, lt=1)
     track_timeout_seconds: float = Field(1.5, gt=0)
-    lockout_after: int = Field(5, ge=1, description="unknown tracks within lockout_window_seconds")
+    lockout_after: int = Field(5, ge=1, description="unknown faces within lockout_window_seconds (unknown_after unmatched frames of faces that left weigh one)")
     lockout_window_seconds: float = Field(120.0, gt=0)
     lockout_seconds: float = Field(60.0, gt=0)
     lockout_max_seconds: float = Field(3600.0, gt=0)
@@ -137,9 +139,23 @@ class AuditSettings(Section):
     keep_days: int = Field(90, ge=1)
 
 
+OLD_SOCKET = "/run/lock/control.sock"   # the default before the unit's RuntimeDirectory became face-lock
+
+
 class ControlSettings(Section):
     socket: PathStr = "/run/face-lock/control.sock"
     group: str | None = Field("lock", description="group allowed to use the socket (mode 0660)")
+
+    @field_validator("socket")
+    @classmethod
+    def _moved(cls, v: str) -> str:
+        # A config.yaml copied before the move still names the old default, where the service may no
+        # longer write (/run/lock is the system's lock-file directory): use the new one.
+        if v == OLD_SOCKET:
+            new = cls.model_fields["socket"].default
+            log.warning("control.socket %s is the old default; using %s (update your config.yaml)", v, new)
+            return new
+        return v
 
 
 class TLSSettings(Section):
@@ -202,15 +218,27 @@ def _describe(err: dict) -> str:
     return f"{path}: {msg} (got {value!r})"
 
 
+def _null_sections_as_defaults(data: dict, model: type[BaseModel]) -> dict:
+    """A section whose keys are all commented out reads as null: it means its defaults (at any depth)."""
+    out = {}
+    for k, v in data.items():
+        field = model.model_fields.get(k) if isinstance(k, str) else None
+        sub = type(field.default) if field is not None and isinstance(field.default, BaseModel) else None
+        if sub is not None and v is None:
+            v = {}
+        if sub is not None and isinstance(v, dict):
+            v = _null_sections_as_defaults(v, sub)
+        out[k] = v
+    return out
+
+
 def parse(data: object, source: str = "<config>") -> Settings:
     """Validate a mapping (as read from YAML) into frozen settings."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    # A section whose keys are all commented out reads as null: it means its defaults.
-    sections = {k for k, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)}
-    data = {k: ({} if v is None and k in sections else v) for k, v in data.items()}
+    data = _null_sections_as_defaults(data, Settings)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -225,8 +253,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": its keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            again = key in seen
+        except TypeError:  # a list or mapping as a key
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain word, not {key!r}",
+                                                    key_node.start_mark) from None
+        if again:
             raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                     key_node.start_mark)
         seen.add(key)

@@ -9,12 +9,14 @@ MQTT bridge.  Whatever way the process leaves, the relay is turned off first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -126,6 +128,7 @@ class Daemon:
         self._last_faces = 0
         self._all_decided = False
         self._enroll_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # state.json: one writer at a time
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
         self.decider = self.camera = self.control = None
@@ -209,14 +212,23 @@ class Daemon:
         return state if isinstance(state, dict) else {}
 
     def _save_state(self) -> None:
+        # Called from the loop, MQTT's thread and the control socket's: one writer at a time, and the
+        # snapshot taken under the same lock, so an older state never replaces a newer one.
         p = self._state_path()
-        tmp = p.with_suffix(".tmp")
         try:
-            state = {"face_unlock": self._face_unlock}
-            if self.decider is not None:
-                state["lockout"] = self.decider.lockout_state()
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, p)
+            with self._state_lock:
+                state = {"face_unlock": self._face_unlock}
+                if self.decider is not None:
+                    state["lockout"] = self.decider.lockout_state()
+                fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
+                try:
+                    with os.fdopen(fd, "w") as f:
+                        f.write(json.dumps(state))
+                    os.replace(tmp, p)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
         except OSError as exc:
             log.error("cannot save %s: %s (the face unlock setting and any lockout will not survive "
                       "a restart)", p, exc)

@@ -26,16 +26,20 @@ Choices worth knowing:
   The doubling goes back to the base after a successful unlock, or after a
   quiet period of ``lockout_max_seconds`` with neither a lockout nor an
   unknown face.
-* A track that ends undecided after at least one embedded frame and without
-  a single vote for anyone (a stranger who stepped away, or broke the track,
-  before ``unknown_after`` frames) counts towards the lockout as an unknown
-  does, without an ``unknown`` event.  Otherwise a stranger could try
-  ``unknown_after - 1`` frames at a time for ever; this way the lockout
-  engages after at most ``lockout_after * (unknown_after - 1)`` of their
-  frames.  A lockout it engages comes from :meth:`Decider.ended_events`.
+* A track that ends undecided without a single vote for anyone (a stranger
+  who stepped away, or broke the track, before ``unknown_after`` frames)
+  counts towards the lockout by its embedded frames: ``unknown_after`` of
+  them weigh as much as one unknown, without an ``unknown`` event.  Otherwise
+  a stranger could try ``unknown_after - 1`` frames at a time for ever; this
+  way the lockout engages after ``lockout_after * unknown_after`` unmatched
+  frames however they are split into tracks, as it does for whole unknowns.
+  A resident passing by with one unmatched frame weighs 1/``unknown_after``
+  (a quarter, by default).  A lockout it engages comes from
+  :meth:`Decider.ended_events`.
 * :meth:`Decider.reconfigure` (SIGHUP) keeps the tracks and the lockout;
   :meth:`Decider.lockout_state` / :meth:`Decider.restore_lockout` carry a
-  lockout across a restart of the daemon (state.json).
+  lockout across a restart of the daemon (state.json), never longer than it
+  was engaged for.
 """
 
 from __future__ import annotations
@@ -114,10 +118,11 @@ class Decider:
         self._local_time = local_time
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
-        self._unknowns: collections.deque[float] = collections.deque()  # times of recent unknown tracks
+        self._unknowns: collections.deque[tuple[float, float]] = collections.deque()  # (time, weight) of unknowns
         self._last_unknown: float | None = None
         self._lockout_until: float | None = None
         self._lockout_level = 0      # lockouts since the last reset; the next lasts base * 2**level
+        self._lockout_seconds = 0.0  # length of the last lockout engaged
         self._ended: list[Event] = []  # raised by tracks that ended in observe(); see ended_events()
 
     def reconfigure(self, settings: DecideSettings, match: MatchSettings) -> None:
@@ -139,9 +144,10 @@ class Decider:
             log.debug("track %d ended", track.id)
             del self._tracks[track.id]
             if track.decision is None and track.embedded and not track.votes:
-                log.info("track %d ended undecided after %d unmatched frame(s): counted towards the lockout",
-                         track.id, track.embedded)
-                self._ended += self._count_unknown(now)
+                weight = track.embedded / s.unknown_after
+                log.info("track %d ended undecided after %d unmatched frame(s): %.2f of an unknown towards "
+                         "the lockout", track.id, track.embedded, weight)
+                self._ended += self._count_unknown(now, weight)
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         tracks = list(self._tracks.values())
@@ -236,18 +242,22 @@ class Decider:
         events, self._ended = self._ended, []
         return events
 
-    def _count_unknown(self, now: float) -> list[Event]:
-        """One more unknown attempt; the LOCKOUT event if it engages one."""
+    def _recent_unknowns(self, now: float) -> float:
+        return sum(w for t, w in self._unknowns if now - t <= self.settings.lockout_window_seconds)
+
+    def _count_unknown(self, now: float, weight: float = 1.0) -> list[Event]:
+        """One more unknown attempt (or ``weight`` of one); the LOCKOUT event if it engages one."""
         s = self.settings
         events: list[Event] = []
         self._lockout_level = self._level(now)
         self._last_unknown = now
-        self._unknowns.append(now)
-        while self._unknowns and now - self._unknowns[0] > s.lockout_window_seconds:
+        self._unknowns.append((now, weight))
+        while self._unknowns and now - self._unknowns[0][0] > s.lockout_window_seconds:
             self._unknowns.popleft()
-        if len(self._unknowns) >= s.lockout_after:
+        if self._recent_unknowns(now) >= s.lockout_after - 1e-9:
             seconds = min(s.lockout_seconds * 2 ** self._lockout_level, s.lockout_max_seconds)
             self._lockout_level = min(self._lockout_level + 1, 32)  # 2**32 * base is past any cap
+            self._lockout_seconds = seconds
             self._lockout_until = now + seconds
             self._unknowns.clear()
             log.warning("%d unknown faces within %.0f s: face unlock suspended for %.0f s",
@@ -265,25 +275,28 @@ class Decider:
     def lockout_state(self) -> dict[str, Any]:
         """The lockout as wall-clock times, to save across a restart (JSON-able)."""
         now, wall = self._clock(), self._wall()
-        return {"until": wall + self.lockout_remaining(now) if self.locked_out(now) else None,
-                "level": self._level(now)}
+        locked = self.locked_out(now)
+        return {"until": wall + self.lockout_remaining(now) if locked else None,
+                "seconds": self._lockout_seconds if locked else 0.0, "level": self._level(now)}
 
     def restore_lockout(self, state: dict[str, Any]) -> None:
         """Resume a lockout saved by :meth:`lockout_state` (bad or stale entries are ignored).
 
-        The time left is capped at ``lockout_max_seconds``: a clock that went
+        The time left is capped at the lockout's own length: a clock that went
         back (a Pi without a real-time clock, before NTP) cannot make it longer.
         """
         try:
             level = int(state.get("level", 0))
             until = state.get("until")
             left = 0.0 if until is None else float(until) - self._wall()
-        except (TypeError, ValueError, AttributeError):
+            length = float(state.get("seconds", self.settings.lockout_max_seconds))
+        except (TypeError, ValueError, AttributeError, OverflowError):
             return
         now = self._clock()
         self._lockout_level = max(0, min(level, 32))
         if left > 0:
-            left = min(left, self.settings.lockout_max_seconds)
+            left = min(left, length, self.settings.lockout_max_seconds)
+            self._lockout_seconds = length
             self._lockout_until = now + left
             log.warning("face unlock stays suspended for %.0f s (a lockout from before the restart)", left)
         elif self._lockout_level:
@@ -318,6 +331,5 @@ class Decider:
             "locked_out": self.locked_out(now),
             "lockout_remaining_seconds": round(self.lockout_remaining(now), 1),
             "lockout_level": self._level(now),
-            "recent_unknowns": sum(1 for t in self._unknowns
-                                   if now - t <= self.settings.lockout_window_seconds),
+            "recent_unknowns": round(self._recent_unknowns(now), 2),
         }

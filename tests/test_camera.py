@@ -257,6 +257,8 @@ def test_missing_opencv_device_is_retried_not_fatal(caplog):
     ("rtsp://admin:a/b@cam/s", "rtsp://admin:***@cam/s"),
     ("http://cam/video?user=admin&password=s3cret&x=1", "http://cam/video?user=admin&password=***&x=1"),
     ("rtsp://a:b@c/d?token=zz", "rtsp://a:***@c/d?token=***"),
+    ("rtsp://admin:pa#ss@cam.local/live", "rtsp://admin:***@cam.local/live"),
+    ("rtsp://admin:what?now@cam.local/live", "rtsp://admin:***@cam.local/live"),
     ("rtsp://cam.local/live", "rtsp://cam.local/live"),
     ("/dev/video0", "/dev/video0"),
 ])

@@ -57,14 +57,25 @@ def test_bad_values_name_the_key_path(doc, where):
 
 def test_forgiving_where_the_meaning_is_plain(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
+    old = config.parse({"control": {"socket": "/run/lock/control.sock"}}, "t.yaml")   # a config from before
+    assert old.control.socket == config.Settings().control.socket == "/run/face-lock/control.sock"
     s = config.parse({"camera": {"device": 0}, "gallery": {"path": "~/gallery.db"}, "mqtt": None}, "t.yaml")
     assert s.camera.device == "0" and s.gallery.path == str(tmp_path / "gallery.db")
     assert s.mqtt == config.MQTTSettings()    # a section with every key commented out: its defaults
+    s = config.parse({"mqtt": {"enabled": True, "tls": None}}, "t.yaml")
+    assert s.mqtt.enabled and s.mqtt.tls == config.TLSSettings()
+
+
+def test_yaml_merge_keys_still_work():
+    """``<<: *anchor`` then a key of its own overrides the merged one; that is not a key given twice."""
+    text = "a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  q: 3\n"
+    assert yaml.load(text, Loader=config._UniqueKeyLoader) == {"a": {"p": 1, "q": 2}, "b": {"p": 1, "q": 3}}
 
 
 @pytest.mark.parametrize("body, where", [
     ("camera:\n  fps: 5\ncamera:\n  fps: 6\n", "the key 'camera' is given twice"),
     ("camera:\n  fps: 5\n  fps: 6\n", "the key 'fps' is given twice"),
+    ("camera:\n  ? [a, b]\n  : 1\n", "a key must be a plain word"),
 ])
 def test_a_key_given_twice_is_refused(tmp_path, body, where):
     cfg = tmp_path / "config.yaml"

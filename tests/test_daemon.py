@@ -227,3 +227,33 @@ def test_sighup_reloads_the_config(tmp_path):
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_state_json_keeps_the_newest_setting_when_threads_save_at_once(tmp_path, monkeypatch):
+    """The loop saving the lockout while MQTT turns face unlock off: the file must end with 'off'."""
+    import threading
+    from lock.decide import Decider
+
+    s = scenario.settings(tmp_path)
+    d = Daemon(s, pin_factory=MockFactory())
+    d.decider = Decider(s.decide, s.match)
+    release, inside = threading.Event(), threading.Event()
+    real = d.decider.lockout_state
+
+    def slow_lockout_state():
+        if threading.current_thread().name == "loop":
+            inside.set()
+            release.wait(5)
+        return real()
+
+    monkeypatch.setattr(d.decider, "lockout_state", slow_lockout_state)
+    loop = threading.Thread(target=d._save_state, name="loop")
+    loop.start()
+    assert inside.wait(5)                        # the loop has read face_unlock (on) and is mid-save
+    mqtt = threading.Thread(target=d.set_face_unlock, args=(False,), name="mqtt")
+    mqtt.start()
+    time.sleep(0.3)
+    release.set()
+    loop.join(5)
+    mqtt.join(5)
+    assert json.loads((tmp_path / "state.json").read_text())["face_unlock"] is False

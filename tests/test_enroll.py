@@ -137,7 +137,7 @@ def test_cli_enroll_mistakes(tmp_path, photos):
         return subprocess.run([sys.executable, "-m", "lock", *args], capture_output=True, text=True, timeout=300)
 
     r = lock("--config", str(cfg), "enroll", str(obama), str(obama2))            # the name forgotten
-    assert r.returncode == 2 and "is a file or folder: give the person's name first" in r.stderr
+    assert r.returncode == 2 and "is a photo or a path: give the person's name first" in r.stderr
     r = lock("enroll", "a person", "--replace", str(obama), "--config", str(cfg))  # options anywhere
     assert r.returncode == 0, r.stdout + r.stderr
     assert "enrolled a person: 1 template(s)" in r.stdout
@@ -145,3 +145,8 @@ def test_cli_enroll_mistakes(tmp_path, photos):
     assert "a person: 1 template(s)" in r.stdout, r.stdout + r.stderr
     r = lock("--config", str(cfg), "enroll", "another person", str(obama))
     assert r.returncode == 1 and "looks like 'a person'" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "resident").mkdir()                                              # a folder named after them
+    shutil.copy(photos.singles[3], tmp_path / "resident" / "1.jpg")
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "resident", "resident/"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "enrolled resident: 1 template(s)" in r.stdout, r.stdout + r.stderr
