@@ -136,6 +136,12 @@ class Door:
             if self._contact is not None:
                 events.append(Event.now(DOOR_CONTACT, open=self._contact_open))
         self._publish(events)
+        with self._lock:  # a change published meanwhile may have gone out before ours: say the newest last
+            now = self.state
+            if now == state:
+                return
+            self._published_state = now
+        self._publish([Event.now(LOCK_STATE, state=now)])
 
     def close(self) -> None:
         """Relay off first, then release every pin.  Safe to call twice."""
