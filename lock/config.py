@@ -295,7 +295,27 @@ def load(path: str | os.PathLike | None = None) -> Settings:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if isinstance(data, dict):
+        _paths_from(data, p.resolve().parent)
     return parse(data, str(p))
+
+
+# Settings that name a file or folder: a relative one is taken from the config file's folder
+# (the service runs in /, a shell anywhere: neither is what a relative path in a file means).
+PATH_KEYS = ("camera.path", "vision.models_dir", "gallery.path", "audit.path", "control.socket",
+             "mqtt.password_file", "mqtt.code_file", "mqtt.tls.ca_file", "mqtt.tls.cert_file", "mqtt.tls.key_file")
+
+
+def _paths_from(data: dict, base: Path) -> None:
+    for dotted in PATH_KEYS:
+        *sections, key = dotted.split(".")
+        node = data
+        for name in sections:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            value = node[key]
+            if value and not value.startswith("~") and not os.path.isabs(value):
+                node[key] = str(base / value)
 
 
 def models_dir(settings: Settings) -> Path:

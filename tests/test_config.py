@@ -110,3 +110,15 @@ def test_cli_exits_2_with_the_key_path(tmp_path, body, where):
 def test_missing_config_file_is_named(tmp_path):
     r = run_lock("--config", str(tmp_path / "nope.yaml"), "run")
     assert r.returncode == 2 and "nope.yaml" in r.stderr
+
+
+def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.yaml").write_text("gallery:\n  path: data/gallery.db\nmqtt:\n  tls:\n    ca_file: ca.pem\n"
+                                     "audit:\n  path: /var/tmp/audit.db\n")
+    monkeypatch.chdir(tmp_path)                       # anywhere else
+    s = config.load("etc/config.yaml")
+    assert s.gallery.path == str(etc / "data" / "gallery.db")
+    assert s.mqtt.tls.ca_file == str(etc / "ca.pem")
+    assert s.audit.path == "/var/tmp/audit.db"       # absolute: as written
