@@ -199,10 +199,9 @@ def build_mtcnn_keras(name: str, sd, input_offset: float = 0.0, fast: bool = Fal
       which P-Net tolerates (cell agreement unchanged). XNNPACK does not take
       int8 MAXIMUM either: the three MAXIMUMs run in LiteRT's own kernel and
       split P-Net into 4 XNNPACK partitions. That is still the fastest form
-      measured: at 73x97 on 1 thread, 0.204 ms per invoke, against 0.248 ms
+      measured: at 73x97 on 1 thread, 0.207 ms per invoke, against 0.247 ms
       for a*x + relu((1-a)*x) and 0.313 ms for the R/O-Net form below, both
-      of which run in one partition (forms timed with the harness of
-      bench/mtcnn_layers.py);
+      of which run in one partition (bench/pnet_forms.py);
     - R-Net and O-Net: relu(x) + (-a) * relu(-x), the two relus as 1x1
       depthwise convolutions (+1 and -1) with fused ReLU, so that each branch
       gets its own int8 scale. (The max form made O-Net's landmarks 5x worse.)
