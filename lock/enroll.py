@@ -70,9 +70,7 @@ def check_identity(gallery, name: str, embs: list[np.ndarray], labels: list[str]
     key = name_key(name)
     matcher = gallery.matcher()
     own = [] if replace else [t for p in matcher.people if name_key(p) == key for t in matcher.templates(p)]
-    for label, e in zip(labels, embs):
-        if lookalike is None or not len(matcher):
-            break
+    for label, e in zip(labels, embs) if lookalike is not None and len(matcher) else ():
         m = matcher.match(e)
         for other, score in ((m.person, m.score), (m.runner_up, m.runner_up_score)):
             if other is not None and name_key(other) != key and score >= lookalike:
