@@ -436,6 +436,11 @@ class Daemon:
             except LockError as exc:
                 log.error("frame skipped: %s", exc)
                 continue
+            except Exception:
+                # A fault in one frame denies that frame (the relay only ever opens for a granted
+                # decision); no watchdog kick, so one that repeats restarts the service.
+                log.exception("frame skipped: unexpected error")
+                continue
             if not self._ready:
                 self._ready = True
                 self.notify("READY=1\nSTATUS=watching the door")

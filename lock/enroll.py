@@ -28,6 +28,9 @@ SAME_VIEW_COSINE = 0.96
 # templates is refused: one stranger's photo among a person's, or a folder
 # holding two people (the photos of the smaller group, or all when equal).
 DIFFERENT_PERSON_COSINE = 0.30
+# Two photos this similar are one photo (a copy, or the same file given twice):
+# the second is skipped, so that copies cannot outvote the person's other photos.
+SAME_PHOTO_COSINE = 0.99
 
 
 @dataclasses.dataclass
@@ -54,21 +57,25 @@ def template_from_frame(pipeline, frame: np.ndarray):
     return a.embedding, a.quality.score
 
 
-def check_identity(gallery, name: str, embs: list[np.ndarray], labels: list[str], *,
+def check_identity(matcher, name: str, embs: list[np.ndarray], labels: list[str], *,
                    replace: bool, lookalike: float | None, force: bool = False) -> None:
     """Refuse (EnrollmentError, nothing stored) templates that would confuse the door.
+
+    ``matcher`` is the gallery as it is (see ``Gallery.enroll``'s ``check``).
 
     - a template at least ``lookalike`` (the match threshold) similar to someone
       else already enrolled: the door could not tell the two apart (it would
       refuse both by the margin rule), e.g. the same photos under a second name;
-    - a template unlike (below :data:`DIFFERENT_PERSON_COSINE`) more than half
-      of this person's others, new and enrolled: most likely someone else's
-      (``force`` skips this check only).
+    - a template added to someone already enrolled that is unlike (below
+      :data:`DIFFERENT_PERSON_COSINE`) more than half of their enrolled
+      templates: someone else's photos under their name would let that someone
+      in.  ``force`` does not skip this one; ``replace`` starts them afresh;
+    - a template unlike more than half of this person's others, new and
+      enrolled: most likely someone else's (``force`` skips this check only).
     """
     from lock.gallery import name_key
 
     key = name_key(name)
-    matcher = gallery.matcher()
     own = [] if replace else [t for p in matcher.people if name_key(p) == key for t in matcher.templates(p)]
     for label, e in zip(labels, embs) if lookalike is not None and len(matcher) else ():
         m = matcher.match(e)
@@ -78,6 +85,15 @@ def check_identity(gallery, name: str, embs: list[np.ndarray], labels: list[str]
                     f"nothing enrolled for {name!r}: {label} looks like {other!r}, who is already enrolled "
                     f"(similarity at or above the match threshold {lookalike}); the door could not tell them "
                     f"apart. If it is the same person, remove or rename {other!r} first; if not, use other photos")
+    if own:
+        unlike_own = (np.array(embs, np.float32) @ np.array(own, np.float32).T < DIFFERENT_PERSON_COSINE)
+        odd = [label for label, row in zip(labels, unlike_own) if 2 * int(row.sum()) > len(own)]
+        if odd:
+            raise EnrollmentError(
+                f"nothing enrolled for {name!r}: these do not look like the {len(own)} template(s) already "
+                f"enrolled for {name!r} (similarity below {DIFFERENT_PERSON_COSINE}): {', '.join(odd)}. "
+                f"If they are someone else, enroll them under their own name; to start {name!r} afresh from "
+                "these photos, enroll with --replace")
     pool = np.array(list(embs) + own, np.float32)
     if force or len(pool) < 2:
         return
@@ -113,14 +129,19 @@ def enroll_files(pipeline, gallery, name: str, paths: Iterable[Path], *, replace
         except ValueError as exc:
             report.rejected.append((str(path), str(exc)))
             continue
+        same = next((label for label, e in zip(report.stored, embs) if float(e @ emb) > SAME_PHOTO_COSINE), None)
+        if same is not None:
+            report.rejected.append((str(path), f"the same photo as {same}"))
+            continue
         embs.append(emb)
         quals.append(q)
         report.stored.append(str(path))
     if not embs:
         detail = "; ".join(f"{w}: {why}" for w, why in report.rejected) or "no images given"
         raise EnrollmentError(f"nothing enrolled for {name!r}: no image gave a usable face ({detail})")
-    check_identity(gallery, name, embs, report.stored, replace=replace, lookalike=lookalike, force=force)
-    gallery.enroll(name, embs, quals, replace=replace)
+    gallery.enroll(name, embs, quals, replace=replace,
+                   check=lambda matcher: check_identity(matcher, name, embs, report.stored, replace=replace,
+                                                        lookalike=lookalike, force=force))
     return report
 
 
@@ -165,7 +186,8 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
         raise EnrollmentError(f"nothing enrolled for {name!r}: only {len(embs)} of {count} good views "
                               f"{when} (last problem: {last_hint or 'none'})")
     views = [f"camera view {i + 1}" for i in range(len(embs))]
-    check_identity(gallery, name, embs, views, replace=replace, lookalike=lookalike)
-    gallery.enroll(name, embs, quals, replace=replace)
+    gallery.enroll(name, embs, quals, replace=replace,
+                   check=lambda matcher: check_identity(matcher, name, embs, views, replace=replace,
+                                                        lookalike=lookalike))
     report.stored = views
     return report

@@ -150,6 +150,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._read_only = False
         self._reopen_at = 0.0
+        self._frozen: tuple | None = None  # file signature when opened immutable (read-only fallback)
 
     # -- life cycle ------------------------------------------------------------
 
@@ -227,11 +228,15 @@ class Gallery:
         uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
         tries = [uri + "?mode=ro"]
         wal = Path(f"{self.path}-wal")
-        # immutable skips the -shm file a full disk cannot create; only right when no WAL holds changes.
+        # immutable skips the -shm file a full disk or a read-only mount cannot create; only right
+        # when no WAL holds changes.  SQLite then never looks at the file again, so the file's
+        # signature is kept and a change by another process (`sudo lock faces remove ...`)
+        # makes _maybe_reopen open it afresh (https://www.sqlite.org/uri.html#uriimmutable).
         if not wal.exists() or wal.stat().st_size == 0:
             tries.append(uri + "?immutable=1")
         for target in tries:
             db = None
+            signature = self._signature()
             try:
                 db = sqlite3.connect(target, uri=True, timeout=10.0, isolation_level=None,
                                      check_same_thread=False)
@@ -244,30 +249,65 @@ class Gallery:
                     db.close()
                 continue
             log.error("%s: cannot open the gallery for writing (%s); opened it READ-ONLY: the door "
-                      "recognises the people enrolled so far, enrolling and other changes fail until this is "
-                      "fixed (tried again every %.0f s)", self.path, why, REOPEN_SECONDS)
+                      "recognises the people enrolled, and this process cannot change the gallery until this "
+                      "is fixed (tried again every %.0f s; changes made by other processes are read)",
+                      self.path, why, REOPEN_SECONDS)
             self._read_only = True
+            self._frozen = signature if target.endswith("immutable=1") else None
             self._reopen_at = time.monotonic() + REOPEN_SECONDS
             return db, schema
         raise GalleryError(f"{self.path}: cannot open the gallery ({why}); nothing in it was changed") from None
 
+    def _signature(self) -> tuple:
+        """Inode, size and mtime of the file and its WAL: changes whenever anyone writes it."""
+        sig = []
+        for p in (self.path, Path(f"{self.path}-wal")):
+            try:
+                st = p.stat()
+                sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                sig.append(None)
+        return tuple(sig)
+
     def _maybe_reopen(self, force: bool = False) -> None:
-        """While read-only, try a read-write open now and then; switch to it once it works."""
-        if not self._read_only or (not force and time.monotonic() < self._reopen_at):
+        """While read-only, try a read-write open now and then; switch to it once it works.
+
+        An immutable read-only connection is also opened afresh as soon as the
+        file changes: otherwise a person removed by another process would still
+        be let in by this one.
+        """
+        if not self._read_only:
+            return
+        changed = self._frozen is not None and self._signature() != self._frozen
+        if not (force or changed) and time.monotonic() < self._reopen_at:
             return
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
         try:
             db, _ = self._connect()
-        except sqlite3.Error:
-            return
+            writable = True
+        except sqlite3.Error as exc:
+            if not changed:
+                return
+            try:
+                db, _ = self._connect_read_only(exc)
+            except GalleryError as err:
+                # Kept: the old connection.  Most likely a writer is still at work (its WAL not yet
+                # folded back): tried again when the file changes again, as it does when it closes.
+                self._frozen = self._signature()
+                log.error("%s", err)
+                return
+            writable = False
         with self._lock:
             if self._db is None:   # closed meanwhile
                 db.close()
                 return
             old, self._db = self._db, db
-            self._read_only = False
+            self._read_only = not writable
+            if writable:
+                self._frozen = None
         old.close()
-        log.warning("%s: the gallery can be written again", self.path)
+        if writable:
+            log.warning("%s: the gallery can be written again", self.path)
 
     @property
     def read_only(self) -> bool:
@@ -278,6 +318,7 @@ class Gallery:
         with self._lock:
             db, self._db = self._db, None
             self._read_only = False
+            self._frozen = None
             if db is not None:
                 db.close()
 
@@ -354,13 +395,17 @@ class Gallery:
     # -- writes --------------------------------------------------------------------
 
     def enroll(self, name: str, embeddings: Sequence[np.ndarray], qualities: Sequence[float],
-               replace: bool = False) -> PersonInfo:
+               replace: bool = False, check: Callable[[Matcher], None] | None = None) -> PersonInfo:
         """Store templates for ``name``, all or nothing.
 
         A new name creates the person.  An existing name gets these templates
         *added* to theirs; with ``replace=True`` their templates (of every
         model) are replaced instead.  Embeddings must be finite, non-zero
         (128,) vectors; they are stored normalised to unit length.
+        ``check`` is called inside the write transaction with a matcher over the
+        gallery as it is then (damaged templates left out), and may refuse by
+        raising: two enrollments at once cannot both pass a check the other
+        would have failed.
         """
         name = check_name(name)
         if len(embeddings) == 0:
@@ -383,6 +428,8 @@ class Gallery:
             rows.append(((e / norm).astype("<f4").tobytes(), float(q)))
         now = self._clock()
         with self._write() as db:
+            if check is not None:
+                check(self._load_matcher(db, skip_damaged=True))
             pid = existing = self._find(db, name)
             if existing is None:
                 pid = db.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, now)).lastrowid
@@ -469,15 +516,19 @@ class Gallery:
         return dict(rows)
 
     def matcher(self) -> Matcher:
-        """A matcher over this model's templates only."""
+        """A matcher over this model's templates only; GalleryError if any is damaged."""
         with self._read() as db:
-            rows = db.execute(
-                "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id "
-                "WHERE t.model_hash = ? ORDER BY p.name, t.id", (self.model_hash,)).fetchall()
+            return self._load_matcher(db)
+
+    def _load_matcher(self, db: sqlite3.Connection, skip_damaged: bool = False) -> Matcher:
+        rows = db.execute(
+            "SELECT p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id "
+            "WHERE t.model_hash = ? ORDER BY p.name, t.id", (self.model_hash,)).fetchall()
         bad = sorted({n for n, blob in rows if len(blob) != 4 * EMBEDDING_DIM})
-        if bad:
+        if bad and not skip_damaged:
             raise GalleryError(f"{self.path}: damaged templates for {', '.join(bad)}; re-enroll them "
-                               "with --replace")
+                               "with --replace, or remove them")
+        rows = [(n, blob) for n, blob in rows if len(blob) == 4 * EMBEDDING_DIM]
         matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4").reshape(-1, EMBEDDING_DIM)
         return Matcher([n for n, _ in rows], matrix.astype(np.float32))
 

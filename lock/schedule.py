@@ -28,6 +28,9 @@ class Schedule:
         bad = [d for d in self.days if d not in DAYS]
         if bad or not self.days:
             raise ValueError(f"schedule days must be among {', '.join(DAYS)}; got {list(self.days)!r}")
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            # the door compares them with the local time of day, which has no zone
+            raise ValueError("schedule hours are local times: leave out the time zone (Z, +01:00)")
 
     def allows(self, when: dt.datetime) -> bool:
         t = when.time()
@@ -57,6 +60,8 @@ class Schedule:
             end = MIDNIGHT if b.strip() in ("24:00", "24:00:00") else dt.time.fromisoformat(b.strip())
         except ValueError:
             raise ValueError(f"hours {hours!r}: use HH:MM-HH:MM, e.g. 07:00-19:00") from None
+        if start.tzinfo is not None or end.tzinfo is not None:
+            raise ValueError(f"hours {hours!r}: local times without a time zone, e.g. 07:00-19:00")
         if start == end:  # refused when set; one stored by an older version still loads (and never allows)
             raise ValueError(f"hours {hours!r} would never let anyone in; for the whole day use 00:00-24:00")
         return cls(days=picked, start=start, end=end)

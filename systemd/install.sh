@@ -4,6 +4,8 @@ set -eu
 PREFIX=$(cd "$(dirname "$0")/.." && pwd)
 getent group lock >/dev/null || groupadd --system lock
 id lock >/dev/null 2>&1 || useradd --system --gid lock --home-dir /var/lib/lock --shell /usr/sbin/nologin lock
+# the gallery's folder now, so that people can be enrolled (as the lock user) before the first start
+install -d -o lock -g lock -m 0750 /var/lib/lock
 for g in gpio video; do getent group "$g" >/dev/null && usermod -aG "$g" lock || true; done
 install -d -m 0755 /etc/lock
 [ -f /etc/lock/config.yaml ] || install -m 0640 -g lock "$PREFIX/config.yaml" /etc/lock/config.yaml

@@ -257,3 +257,27 @@ def test_state_json_keeps_the_newest_setting_when_threads_save_at_once(tmp_path,
     loop.join(5)
     mqtt.join(5)
     assert json.loads((tmp_path / "state.json").read_text())["face_unlock"] is False
+
+
+def test_an_unexpected_error_in_one_frame_skips_that_frame_only(tmp_path, pipe, people, caplog, monkeypatch):
+    """Before, only LockError was caught: any other exception (a zoned schedule's TypeError was one)
+    ended the loop, and systemd restarted the service each time that person came."""
+    a = people["a"]
+    frames = scenario.write_frames(tmp_path / "frames", scenario.walk(people["val"][a][0], 15))
+    s = scenario.settings(tmp_path, frames)
+    enroll(pipe, s, a, people["train"][a][:6])
+    real, calls = FacePipeline.detect, []
+
+    def faulty(self, image):   # a fault injected into the daemon's first three frames
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("injected fault")
+        return real(self, image)
+
+    monkeypatch.setattr(FacePipeline, "detect", faulty)
+    factory = MockFactory()
+    with Running(Daemon(s, pin_factory=factory)) as run:
+        run.wait()
+        assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a]
+    assert caplog.text.count("frame skipped: unexpected error") == 3 and "injected fault" in caplog.text
+    assert len(active_spans(relay_history(factory))) == 1

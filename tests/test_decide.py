@@ -370,3 +370,12 @@ def test_schedule_end_of_day_and_empty_ranges():
         Schedule.parse("mon-fri", "10:00-10:00")
     stored = Schedule.from_json('{"days": ["mon"], "start": "10:00:00", "end": "10:00:00"}')  # older version
     assert not stored.allows(dt.datetime(2024, 5, 6, 10, 0))
+
+
+def test_schedule_hours_with_a_time_zone_are_refused():
+    """The door compares hours with the local time of day: a zone made the daemon's loop die (TypeError)."""
+    for hours in ("00:00Z-23:59Z", "07:00+01:00-19:00", "07:00-19:00+00:00"):
+        with pytest.raises(ValueError, match="time zone"):
+            Schedule.parse("mon-sun", hours)
+    with pytest.raises(ValueError, match="time zone"):   # one stored by the version that took them
+        Schedule.from_json('{"days": ["mon"], "start": "00:00:00+00:00", "end": "23:59:00+00:00"}')

@@ -117,14 +117,50 @@ def test_photos_of_two_people_under_one_name_are_refused(tmp_path, pipe, photos)
         with pytest.raises(EnrollmentError, match="not look like the same person"):
             enroll_files(pipe, g, "one person", two_folders)
         enroll_files(pipe, g, "one person", [obama, obama2])
-        with pytest.raises(EnrollmentError, match="photos and templates of 'one person'.*biden"):
+        with pytest.raises(EnrollmentError, match="the 2 template.s. already enrolled for 'one person'.*biden"):
             enroll_files(pipe, g, "one person", [biden])                     # unlike the enrolled ones
     assert snapshot(path, pipe.model_hash)[0] == [("one person", 2)]
     with Gallery(path, pipe.model_hash) as g:                                # the owner insists
-        assert enroll_files(pipe, g, "one person", [biden], force=True, lookalike=0.72).stored == [str(biden)]
+        stored = enroll_files(pipe, g, "two people", two_folders, force=True, lookalike=0.72).stored
+        assert {"elton_john", "jerry_seinfeld"} <= {p.split("/")[-2] for p in stored}
         with pytest.raises(EnrollmentError, match="looks like 'one person'"):  # force does not skip this
             enroll_files(pipe, g, "another person", [obama], force=True, lookalike=0.72)
-    assert snapshot(path, pipe.model_hash)[0] == [("one person", 3)]
+    assert snapshot(path, pipe.model_hash)[0] == [("one person", 2), ("two people", len(stored))]
+
+
+def test_someone_elses_photos_cannot_be_added_to_an_enrolled_person(tmp_path, pipe, photos):
+    """Before, new photos that outnumbered a person's templates were never the odd ones out: two photos
+    of a second person (or one photo given twice) were added, and let that person in under the name."""
+    path = tmp_path / "gallery.db"
+    obama, obama2, obama3, biden = photos.singles
+    with Gallery(path, pipe.model_hash) as g:
+        enroll_files(pipe, g, "resident", [biden])
+        for tries in ([obama, obama2], [obama, obama], [obama, obama2, obama3]):
+            with pytest.raises(EnrollmentError, match=r"do not look like the 1 template\(s\) already enrolled "
+                                                      r"for 'resident'.*obama\.jpg.*--replace"):
+                enroll_files(pipe, g, "resident", tries, lookalike=0.72)
+        with pytest.raises(EnrollmentError, match="already enrolled for 'resident'"):  # force does not skip it
+            enroll_files(pipe, g, "resident", [obama, obama2], force=True)
+        assert [(p.name, p.templates) for p in g.people()] == [("resident", 1)]
+        assert g.matcher().match(pipe_embedding(pipe, obama3)).score < 0.72
+        # the owner starts the person afresh, knowingly
+        assert len(enroll_files(pipe, g, "resident", [obama, obama2], replace=True).stored) == 2
+
+
+def test_a_photo_given_twice_is_stored_once(tmp_path, pipe, photos):
+    obama, obama2, _, _ = photos.singles
+    copy = tmp_path / "copy of obama.jpg"
+    shutil.copy(obama, copy)
+    with Gallery(tmp_path / "gallery.db", pipe.model_hash) as g:
+        report = enroll_files(pipe, g, "resident", [obama, obama2, obama, copy])
+        assert report.stored == [str(obama), str(obama2)]
+        assert report.rejected == [(str(obama), f"the same photo as {obama}"), (str(copy), f"the same photo as {obama}")]
+        assert [(p.name, p.templates) for p in g.people()] == [("resident", 2)]
+
+
+def pipe_embedding(pipe, path):
+    from lock.enroll import template_from_frame
+    return template_from_frame(pipe, load_image(path))[0]
 
 
 def test_cli_enroll_mistakes(tmp_path, photos):

@@ -187,3 +187,44 @@ def test_audit_log_opened_on_a_full_disk_records_once_there_is_room(full_disk, m
     c = sqlite3.connect(settings.path)
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     c.close()
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """The folder ``rw`` and a read-only bind mount of it, ``ro`` (as the service sees a path outside
+    its ReadWritePaths under ProtectSystem=strict).  Needs root."""
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    p = subprocess.run(["mount", "--bind", str(rw), str(ro)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {p.stderr.decode().strip()}")
+    try:
+        p = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot make the bind mount read-only: {p.stderr.decode().strip()}")
+        yield rw, ro
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_a_read_only_gallery_sees_a_person_removed_by_another_process(read_only_view):
+    """Opened read-only (immutable) by the door, the gallery still follows changes made elsewhere:
+    before, a person removed with `sudo lock faces remove` was still let in."""
+    rw, ro = read_only_view
+    with Gallery(rw / "gallery.db", MODEL) as g:
+        g.enroll("resident", [unit(1)], [0.9])
+        g.enroll("former tenant", [unit(2)], [0.9])
+    door = Gallery(ro / "gallery.db", MODEL).open()
+    try:
+        assert door.read_only
+        v = door.version()
+        assert door.matcher().match(unit(2)).person == "former tenant"
+        with Gallery(rw / "gallery.db", MODEL) as admin:
+            admin.remove("former tenant")
+        assert door.version() != v
+        assert door.read_only
+        assert door.matcher().match(unit(2)).person != "former tenant"
+        assert [p.name for p in door.people()] == ["resident"]
+    finally:
+        door.close()

@@ -262,3 +262,60 @@ def test_file_is_private_and_use_after_close(tmp_path):
     g.close()
     with pytest.raises(GalleryError, match="not open"):
         g.people()
+
+
+def test_a_check_runs_inside_the_write_so_two_enrollments_cannot_both_pass(tmp_path):
+    """Enrolling one face under two names at once: the second's check sees the first's commit."""
+    import threading
+    import time
+
+    from lock.enroll import check_identity
+
+    path, face = tmp_path / "gallery.db", unit(1)
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(_matcher):   # the first enrollment, stopped inside its transaction
+        inside.set()
+        release.wait(10)
+
+    def second(g):
+        try:
+            g.enroll("visitor", [face], [0.9], check=lambda m: check_identity(
+                m, "visitor", [face], ["photo.jpg"], replace=False, lookalike=0.72))
+        except EnrollmentError as exc:
+            errors.append(str(exc))
+
+    with Gallery(path, MODEL) as g1, Gallery(path, MODEL) as g2:   # two processes' connections
+        first = threading.Thread(target=lambda: g1.enroll("resident", [face], [0.9], check=hold))
+        first.start()
+        assert inside.wait(10)
+        other = threading.Thread(target=second, args=(g2,))
+        other.start()
+        time.sleep(0.5)                 # the second is now waiting for the first's transaction
+        release.set()
+        first.join(10)
+        other.join(30)
+        assert [p.name for p in g2.people()] == ["resident"]
+    assert len(errors) == 1 and "photo.jpg looks like 'resident'" in errors[0], errors
+
+
+def test_damaged_templates_can_be_replaced(tmp_path):
+    """The error says "re-enroll them with --replace": that must work (its check skips damaged rows)."""
+    from lock.enroll import check_identity
+
+    path = tmp_path / "gallery.db"
+    with Gallery(path, MODEL) as g:
+        g.enroll("resident", [unit(1), near(unit(1), 1)], [0.9, 0.9])
+        g.enroll("visitor", [unit(2)], [0.9])
+    db = sqlite3.connect(path)
+    db.execute("UPDATE templates SET embedding = substr(embedding, 1, 100) WHERE id = 1")
+    db.commit()
+    db.close()
+    with Gallery(path, MODEL) as g:
+        with pytest.raises(GalleryError, match="damaged templates for resident; re-enroll them with "
+                                               "--replace, or remove them"):
+            g.matcher()
+        fresh = [near(unit(1), 2)]
+        g.enroll("resident", fresh, [0.9], replace=True, check=lambda m: check_identity(
+            m, "resident", fresh, ["new.jpg"], replace=True, lookalike=0.72))
+        assert g.matcher().match(unit(1)).person == "resident"
