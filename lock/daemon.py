@@ -462,8 +462,12 @@ class Daemon:
 
         changed = [k for k in ("camera", "vision", "door", "mqtt", "control", "gallery", "audit")
                    if getattr(new, k) != getattr(self.settings, k)]
-        self.settings = new
+        # The sections that need a restart stay as opened: everything that reads self.settings
+        # (the enrollment pipeline, made on first use, among them) sees one consistent set.
+        self.settings = new.model_copy(update={k: getattr(self.settings, k) for k in changed})
         self.pipeline.quality_settings = new.quality
+        if hasattr(self, "_pipeline_enroll"):
+            self._pipeline_enroll.quality_settings = new.quality
         self.decider.reconfigure(new.decide, new.match)  # tracks and any lockout carry on
         self.gate = ChangeGate(new.idle.change_threshold)
         log.info("config reloaded from %s", self.config_path)

@@ -281,3 +281,28 @@ def test_an_unexpected_error_in_one_frame_skips_that_frame_only(tmp_path, pipe, 
         assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a]
     assert caplog.text.count("frame skipped: unexpected error") == 3 and "injected fault" in caplog.text
     assert len(active_spans(relay_history(factory))) == 1
+
+
+def test_a_reload_applies_quality_to_the_enrollment_pipeline_and_keeps_vision_as_opened(tmp_path):
+    """Before: the enrollment pipeline kept the quality gate it was made with, or (made after the
+    SIGHUP) took vision settings the door did not use, e.g. another models_dir's FaceNet."""
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    d = Daemon(s, config_path=str(cfg), pin_factory=MockFactory())
+    d.open()
+    try:
+        before = d.pipeline_enroll
+        data = s.model_dump()
+        data["quality"]["min_sharpness"] = s.quality.min_sharpness + 20
+        data["vision"]["min_face"] = s.vision.min_face // 2
+        cfg.write_text(yaml.safe_dump(data))
+        d.reload()
+        assert d.pipeline.quality_settings.min_sharpness == s.quality.min_sharpness + 20
+        assert before.quality_settings.min_sharpness == s.quality.min_sharpness + 20
+        assert d.settings.vision == s.vision                     # needs a restart: stays as opened
+        del d._pipeline_enroll                                    # one made after the reload
+        assert d.pipeline_enroll.detector.min_face == d.pipeline.detector.min_face == s.vision.min_face
+    finally:
+        d.close()

@@ -223,6 +223,23 @@ def test_a_face_cut_off_by_the_edge_is_refused_whole_it_is_kept(pipe, photos):
     assert any("cut off by the edge" in r for r in reasons), reasons
 
 
+def test_a_face_30_percent_outside_the_picture_is_refused(pipe, photos):
+    """The box is pulled in onto the visible part (7.6 % outside for obama2.jpg cut 30 % on the right),
+    so the alignment decides: before, such faces passed the quality gate and could be enrolled."""
+    for photo in photos.singles:
+        frame = load_image(photo)
+        faces = pipe.detect(frame)
+        i = int(np.argmax(faces.scores))
+        x1, _, x2, _ = faces.boxes[i]
+        assert pipe.analyse(frame, faces, i).quality.ok, photo
+        for cut in (frame[:, int(round(x1 + 0.3 * (x2 - x1))):], frame[:, :int(round(x2 - 0.3 * (x2 - x1)))]):
+            cut = np.ascontiguousarray(cut)
+            cfaces = pipe.detect(cut)
+            for j in range(len(cfaces)):
+                reasons = pipe.analyse(cut, cfaces, j).quality.reasons
+                assert any("cut off by the edge" in r for r in reasons), (photo, reasons)
+
+
 def test_non_finite_landmarks_are_a_quality_reason_not_a_crash(pipe, photos):
     frame = load_image(photos.singles[1])
     faces = pipe.detect(frame)
