@@ -2,9 +2,12 @@
 """Accuracy of the full pipeline (MTCNN → align → FaceNet) on LFW, int8 and float.
 
     python bench/lfw.py [--data ../shared/data/lfw-dev] [--float-models models/float] [--template-zoom Z]
+                        [--limit N]
 
 Prints, for the int8 models and (in the same run) the float reference:
-- pairs accuracy on pairs.txt, 5-fold: threshold chosen on the other folds;
+- pairs accuracy on pairs.txt, 5-fold: threshold chosen on the other folds
+  (``--limit N``: about N pairs, equally many same and different from each
+  fold);
 - TAR at FAR 1e-3 / 1e-4 / 1e-5 over ALL genuine and ALL impostor pairs of
   the images, and the cosine threshold at each, with the identity-balanced TAR
   (one person owns a large share of the genuine pairs);
@@ -50,6 +53,17 @@ def read_pairs(path: Path):
         else:
             pairs.append(((p[0], int(p[1])), (p[2], int(p[3])), False, k // (2 * per)))
     return pairs, folds
+
+
+def limit_pairs(pairs, folds: int, n: int):
+    """About n pairs: equally many same and different pairs from each fold (the first of each, in file
+    order), as bench/compare.py's read_pairs, so that every fold can choose a threshold."""
+    take = max(1, n // (2 * folds))
+    out = []
+    for f in range(folds):
+        for same in (True, False):
+            out += [p for p in pairs if p[3] == f and p[2] == same][:take]
+    return out
 
 
 def image_path(data: Path, name: str, i: int) -> Path:
@@ -145,15 +159,19 @@ def main() -> int:
     ap.add_argument("--no-float", action="store_true")
     ap.add_argument("--min-face", type=int, default=40, help="LFW faces are about 100 px in 250x250")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N pairs (quick check)")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="about N pairs, equally many same and different from each fold (quick check)")
     ap.add_argument("--template-zoom", type=float, default=None,
                     help="align onto the box template zoomed this much instead of the runtime's "
                          "(how lock/vision/align.py's ZOOM was chosen)")
     args = ap.parse_args()
 
-    pairs, _ = read_pairs(args.data / "pairs.txt")
+    pairs, folds = read_pairs(args.data / "pairs.txt")
     if args.limit:
-        pairs = pairs[:args.limit]
+        pairs = limit_pairs(pairs, folds, args.limit)
+        n_same = sum(p[2] for p in pairs)
+        print(f"--limit {args.limit}: {len(pairs)} pairs ({n_same} same, {len(pairs) - n_same} different, "
+              f"{len({p[3] for p in pairs})} folds)")
     people = sorted(p.name for p in (args.data / "images").iterdir() if p.is_dir())
     if args.limit:
         wanted = {q[0] for p in pairs for q in p[:2]}
