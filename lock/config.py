@@ -282,8 +282,7 @@ def find_config(path: str | os.PathLike | None) -> Path:
                       "(copy config.yaml from the project)")
 
 
-def load(path: str | os.PathLike | None = None) -> Settings:
-    """Read and validate a config file; errors name the file and the key path."""
+def _read(path: str | os.PathLike | None) -> tuple[Path, object]:
     p = find_config(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -292,12 +291,32 @@ def load(path: str | os.PathLike | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read it: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        return p, yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+
+
+def load(path: str | os.PathLike | None = None) -> Settings:
+    """Read and validate a config file; errors name the file and the key path."""
+    p, data = _read(path)
     if isinstance(data, dict):
         _paths_from(data, p.resolve().parent)
     return parse(data, str(p))
+
+
+def load_door(path: str | os.PathLike | None = None) -> DoorSettings:
+    """Only the ``door`` section of a config file, the rest unchecked.
+
+    For ``python -m lock.door --off`` after a crash: a mistake made meanwhile
+    in another section must not stop it from turning the relay off.
+    """
+    p, data = _read(path)
+    door = data.get("door") if isinstance(data, dict) else None
+    try:
+        return DoorSettings.model_validate({} if door is None else door)
+    except ValidationError as exc:
+        lines = [_describe({**e, "loc": ("door", *e["loc"])}) for e in exc.errors()]
+        raise ConfigError(f"{p}: invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
 # Settings that name a file or folder: a relative one is taken from the config file's folder

@@ -42,18 +42,24 @@ class ControlServer:
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if _alive(self.path):
-                raise ControlError(f"{self.path}: another lock daemon is already running")
-            self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o117)  # the socket is born 0660: no window where others could connect
         try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o660)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() or self.path.is_symlink():
+                if _alive(self.path):
+                    raise ControlError(f"{self.path}: another lock daemon is already running")
+                self.path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o117)  # the socket is born 0660: no window where others could connect
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o660)
+        except OSError as exc:
+            raise ControlError(f"control.socket = {str(self.path)!r}: cannot make the control socket: "
+                               f"{exc.strerror or exc} (as a service, systemd makes its folder: "
+                               "RuntimeDirectory=face-lock; by hand, run as root or set control.socket "
+                               "to a folder you can write)") from None
         if self.group:
             try:
                 os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)

@@ -418,6 +418,7 @@ class Daemon:
     def run(self, *, stop_when_exhausted: bool = False) -> None:
         """The loop, until :attr:`stop_event` (or the end of a files camera, if asked)."""
         last_frame_time = None
+        ended = False
         while not self.stop_event.is_set():
             if self._reload.is_set():
                 self._reload.clear()
@@ -425,8 +426,13 @@ class Daemon:
             frame = self.camera.read(timeout=1.0)
             now = self.clock()
             if frame is None:
-                if stop_when_exhausted and getattr(self.camera, "exhausted", False):
-                    break
+                if getattr(self.camera, "exhausted", False):
+                    if stop_when_exhausted:
+                        break
+                    if not ended:
+                        ended = True
+                        log.warning("the recording has ended (camera.loop is off): nothing more to watch")
+                    self.stop_event.wait(1.0)  # not a busy loop; no watchdog kick either
                 continue  # no frame: no watchdog kick, so systemd notices a dead camera
             if last_frame_time is not None and frame.time == last_frame_time:
                 continue
@@ -462,10 +468,13 @@ class Daemon:
 
         changed = [k for k in ("camera", "vision", "door", "mqtt", "control", "gallery", "audit")
                    if getattr(new, k) != getattr(self.settings, k)]
+        old_level = self.settings.log_level
         # The sections that need a restart stay as opened: everything that reads self.settings
         # (the enrollment pipeline, made on first use, among them) sees one consistent set.
         self.settings = new.model_copy(update={k: getattr(self.settings, k) for k in changed})
         self.pipeline.quality_settings = new.quality
+        if new.log_level != old_level:   # (a -v given on the command line stays until then)
+            logging.getLogger().setLevel(new.log_level)
         if hasattr(self, "_pipeline_enroll"):
             self._pipeline_enroll.quality_settings = new.quality
         self.decider.reconfigure(new.decide, new.match)  # tracks and any lockout carry on

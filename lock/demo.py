@@ -10,6 +10,7 @@ MQTT when the config given turns it on).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,16 @@ def _recording(photos: Path, out: Path, size: tuple[int, int]) -> tuple[str, str
 
 
 def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.0) -> int:
+    base = config_mod.load(config_path) if config_path else config_mod.Settings()
+    root = Path(photos) if photos else default_photos()
+    work = Path(tempfile.mkdtemp(prefix="lock-demo-"))
+    try:
+        return _run(base, root, work, fps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # frames, a gallery and an audit log: nothing to keep
+
+
+def _run(base, root: Path, work: Path, fps: float) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from lock.daemon import Daemon
@@ -52,9 +63,6 @@ def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.
     from lock.gallery import Gallery
     from lock.vision.pipeline import FacePipeline
 
-    base = config_mod.load(config_path) if config_path else config_mod.Settings()
-    root = Path(photos) if photos else default_photos()
-    work = Path(tempfile.mkdtemp(prefix="lock-demo-"))
     size = (base.camera.height, base.camera.width)
     member, stranger, enroll_photos = _recording(root, work / "frames", size)
     data = base.model_dump()
@@ -64,7 +72,7 @@ def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.
     data["control"].update(socket=str(work / "control.sock"), group=None)
     settings = config_mod.parse(data, "demo settings")
 
-    print(f"demo folder: {work}")
+    print(f"demo folder (removed at the end): {work}")
     pipe = FacePipeline(settings).open()
     with Gallery(settings.gallery.path, pipe.model_hash) as gallery:
         report = enroll_files(pipe, gallery, member, enroll_photos, lookalike=settings.match.threshold)

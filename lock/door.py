@@ -22,10 +22,14 @@ the door relocks as soon as it closes after opening during a pulse; it reports
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from lock import config
@@ -37,6 +41,35 @@ from lock.events import (DOOR_CONTACT, DOOR_FORCED, DOOR_HELD_OPEN, EXIT_BUTTON,
 log = logging.getLogger(__name__)
 
 LOCKED, UNLOCKED, OPEN = "LOCKED", "UNLOCKED", "OPEN"
+
+# lgpio (gpiozero's factory on a Pi 5) makes a named pipe in the current
+# directory on import, or in $LG_WD: the service runs in / and cannot write
+# there, so without it lgpio fails and no factory is left (gpiozero#1106,
+# joan2937/lg#22).  Set before gpiozero is first imported.
+os.environ.setdefault("LG_WD", tempfile.gettempdir())
+
+# The relay the daemon holds, for `python -m lock.door --off` after it died:
+# in systemd's $RUNTIME_DIRECTORY (/run/face-lock), which ExecStopPost sees too.
+RECORD_NAME = "relay.json"
+
+
+def record_path() -> Path | None:
+    d = os.environ.get("RUNTIME_DIRECTORY")
+    return Path(d.split(":")[0]) / RECORD_NAME if d else None
+
+
+def _write_record(settings: DoorSettings) -> None:
+    p = record_path()
+    if p is None:
+        return
+    try:
+        tmp = p.with_name(f".{RECORD_NAME}.tmp")
+        tmp.write_text(json.dumps({"relay_pin": settings.relay_pin,
+                                   "relay_active_high": settings.relay_active_high}))
+        os.replace(tmp, p)
+    except OSError as exc:
+        log.warning("%s: cannot record the relay pin for the fail-secure stop (%s); ExecStopPost will "
+                    "use the config file's door section", p, exc)
 
 
 def _device(key: str, make: Callable[..., Any], pin: str, **kwargs: Any) -> Any:
@@ -99,6 +132,7 @@ class Door:
                 return self
             try:
                 self._relay = _relay(s, self._pin_factory)
+                _write_record(s)
                 if s.contact_pin is not None:
                     self._contact = _device("contact_pin", gpiozero.DigitalInputDevice, s.contact_pin,
                                             pull_up=True, bounce_time=bounce, pin_factory=self._pin_factory)
@@ -328,7 +362,34 @@ def force_off(settings: DoorSettings, pin_factory: Any = None) -> None:
     Claiming the pin with ``initial_value=False`` is what drives it inactive.
     """
     _relay(settings, pin_factory).close()
-    log.info("relay on %s forced off", settings.relay_pin)
+    log.info("relay on %s (active %s) forced off", settings.relay_pin,
+             "high" if settings.relay_active_high else "low")
+
+
+def off_targets(config_path: str | None) -> tuple[list[DoorSettings], list[str]]:
+    """The relays to force off, and what could not be read.
+
+    The one the daemon recorded (it held that one, whatever the file says
+    now), and the config file's door section, read on its own so that a
+    mistake made meanwhile elsewhere in the file does not stop this.
+    """
+    targets: list[DoorSettings] = []
+    problems: list[str] = []
+    p = record_path()
+    if p is not None and p.exists():
+        try:
+            targets.append(DoorSettings.model_validate(json.loads(p.read_text())))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{p}: {exc}")
+    try:
+        door = config.load_door(config_path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    else:
+        if not any((t.relay_pin, t.relay_active_high) == (door.relay_pin, door.relay_active_high)
+                   for t in targets):
+            targets.append(door)
+    return targets, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,17 +401,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.off:
         parser.error("nothing to do: give --off")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = config.load(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
+    targets, problems = off_targets(args.config)
+    for text in problems:
+        sys.stderr.write(f"{text}\n")
+    if not targets:
+        sys.stderr.write("no relay to force off: neither the daemon's record nor the config's door section "
+                         "could be read\n")
         return 2
-    try:
-        force_off(settings.door)
-    except DoorError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
-    return 0
+    failed = 0
+    for door in targets:
+        try:
+            force_off(door)
+        except DoorError as exc:
+            sys.stderr.write(f"{exc}\n")
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

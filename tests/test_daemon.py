@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -292,17 +293,62 @@ def test_a_reload_applies_quality_to_the_enrollment_pipeline_and_keeps_vision_as
     cfg.write_text(yaml.safe_dump(s.model_dump()))
     d = Daemon(s, config_path=str(cfg), pin_factory=MockFactory())
     d.open()
+    level = logging.getLogger().level
     try:
         before = d.pipeline_enroll
         data = s.model_dump()
         data["quality"]["min_sharpness"] = s.quality.min_sharpness + 20
         data["vision"]["min_face"] = s.vision.min_face // 2
+        data["log_level"] = "DEBUG"
         cfg.write_text(yaml.safe_dump(data))
         d.reload()
+        assert logging.getLogger().level == logging.DEBUG        # before: silently ignored
         assert d.pipeline.quality_settings.min_sharpness == s.quality.min_sharpness + 20
         assert before.quality_settings.min_sharpness == s.quality.min_sharpness + 20
         assert d.settings.vision == s.vision                     # needs a restart: stays as opened
         del d._pipeline_enroll                                    # one made after the reload
         assert d.pipeline_enroll.detector.min_face == d.pipeline.detector.min_face == s.vision.min_face
     finally:
+        d.close()
+        logging.getLogger().setLevel(level)
+
+
+def test_a_control_socket_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path, caplog):
+    """Before, the OSError of its folder escaped `lock run` as a traceback."""
+    from lock.daemon import run
+
+    (tmp_path / "not a folder").write_text("")
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    s = scenario.settings(tmp_path, frames, control={"socket": str(tmp_path / "not a folder" / "control.sock")})
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    factory = MockFactory()
+    try:
+        assert run(s, None, pin_factory=factory) == 1
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert "control.socket = " in caplog.text and "cannot make the control socket" in caplog.text
+    assert relay_history(factory)[-1][1] is False
+
+
+def test_after_a_recording_ends_the_loop_waits_instead_of_spinning(tmp_path):
+    """camera.loop off, run as a service (not stopping at the end): before, 99 % of a core."""
+    import threading
+
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": False})
+    d = Daemon(s, pin_factory=MockFactory())
+    d.open()
+    t = threading.Thread(target=d.run, daemon=True)
+    try:
+        t.start()
+        assert scenario.wait_until(lambda: getattr(d.camera, "exhausted", False), 30)
+        time.sleep(0.5)
+        cpu = time.process_time()
+        time.sleep(2.0)
+        cpu = time.process_time() - cpu
+        assert t.is_alive() and cpu < 0.5, cpu
+    finally:
+        d.stop_event.set()
+        t.join(10)
         d.close()

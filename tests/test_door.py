@@ -5,6 +5,7 @@ Timing checks allow for a slow machine: they assert order and generous bounds.
 
 from __future__ import annotations
 
+import json
 import time
 
 import gpiozero
@@ -251,3 +252,35 @@ def test_main_off_forces_the_relay_off(tmp_path, monkeypatch):
     good.write_text("door:\n  relay_pin: 23\n  relay_active_high: false\n")
     assert main(["--off", "--config", str(good)]) == 0
     assert gpiozero.Device.pin_factory.pin(23).state is True    # active-low: off is high
+
+
+def test_off_after_a_crash_uses_the_relay_the_daemon_held_whatever_the_file_says_now(tmp_path, monkeypatch):
+    """Before, --off re-read the whole config: a typo made meanwhile in another section (exit 2) or a
+    relay_pin changed without a restart (the wrong pin forced off) left the real relay energised."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)   # restored after the test
+    held = DoorSettings(relay_pin="GPIO22", relay_active_high=False)
+    door = Door(held, EventBus()).open()                        # the daemon, with the default factory
+    assert json.loads((tmp_path / "relay.json").read_text()) == {"relay_pin": "GPIO22",
+                                                                  "relay_active_high": False}
+    door._relay.on()                                            # it dies mid-pulse:
+    door._relay.close()                                         # gone, the pin left energised
+    pin = gpiozero.Device.pin_factory.pin(22)
+    assert pin.state is False                                   # active-low: energised
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("door:\n  relay_pin: GPIO27\nmqtt:\n  enabeld: true\n")   # edited since, with a typo
+    assert main(["--off", "--config", str(cfg)]) == 0
+    assert pin.state is True                                    # the held relay: off
+    assert gpiozero.Device.pin_factory.pin(27).state is False   # the file's (active-high): off too
+
+
+def test_off_without_a_record_reads_only_the_door_section(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("door:\n  relay_pin: 24\n  relay_active_high: false\nmqtt:\n  enabeld: true\n")
+    assert main(["--off", "--config", str(cfg)]) == 0
+    assert gpiozero.Device.pin_factory.pin(24).state is True
+    assert capsys.readouterr().err == ""
