@@ -481,10 +481,12 @@ def library_pass(cases: list[Case], pipeline, gallery_path: Path, name: str = "a
         r = Result(case)
         before, raw = gallery_state(gallery_path, pipeline.model_hash), file_bytes(gallery_path)
         t0 = time.perf_counter()
+        # One person per file: the corpus mixes people, and variants of one photo, on purpose; this
+        # suite is about the files, not the identity checks (tests/test_enroll.py has those).
+        person = f"{name} {i}"
         try:
             with Gallery(gallery_path, pipeline.model_hash) as g:
-                # force: the corpus mixes people on purpose; this suite is about the files
-                report = enroll_files(pipeline, g, name, [case.path], force=True)
+                report = enroll_files(pipeline, g, person, [case.path], force=True)
             r.outcome = ENROLLED
         except EnrollmentError as exc:
             msg = str(exc)
@@ -498,7 +500,7 @@ def library_pass(cases: list[Case], pipeline, gallery_path: Path, name: str = "a
         r.seconds = time.perf_counter() - t0
         after, raw_after = gallery_state(gallery_path, pipeline.model_hash), file_bytes(gallery_path)
         if r.outcome == ENROLLED:
-            grown = dict(after[0]).get(name, 0) - dict(before[0]).get(name, 0)
+            grown = dict(after[0]).get(person, 0) - dict(before[0]).get(person, 0)
             if grown != 1 or len(report.stored) != 1:
                 r.problems.append(f"accepted, but the gallery grew by {grown} template(s)")
         elif after != before or raw_after != raw:
@@ -617,16 +619,21 @@ def cli_enroll(results: list[Result], cfg: Path, gallery_path: Path, model_hash:
                name: str = "abuse cli", log=lambda s: None) -> dict:
     stats = collections.Counter()
     todo = [r for r in results if r.case.enroll_cli]
-    for batch in batches(todo, size):
+    for number, batch in enumerate(batches(todo, size)):
+        person = f"{name} {number}"   # one person per batch: see library_pass
         before = gallery_state(gallery_path, model_hash) if gallery_path.exists() else None
         raw = file_bytes(gallery_path)
-        rc, out, err = run_cli(["--config", str(cfg), "enroll", "--force", name,
+        rc, out, err = run_cli(["--config", str(cfg), "enroll", "--force", person,
                                 *[str(r.case.path) for r in batch]])
         stats["processes"] += 1
         crash = _crashed(rc, err, out)
-        accepted = [r for r in batch if r.outcome == ENROLLED]
+        # a variant of a photo already in the batch (re-encoded, rotated...) is the same photo: stored once
+        copies = {r.case.path for r in batch if r.outcome == ENROLLED
+                  and any(ln.startswith(f"{r.case.path}: skipped: the same photo as ") for ln in out.splitlines())}
+        stats["same_photo"] += len(copies)
+        accepted = [r for r in batch if r.outcome == ENROLLED and r.case.path not in copies]
         after = gallery_state(gallery_path, model_hash) if gallery_path.exists() else None
-        grown = (dict(after[0]).get(name, 0) if after else 0) - (dict(before[0]).get(name, 0) if before else 0)
+        grown = (dict(after[0]).get(person, 0) if after else 0) - (dict(before[0]).get(person, 0) if before else 0)
         if crash:
             stats["crashes"] += 1
             for r in batch:
@@ -637,14 +644,14 @@ def cli_enroll(results: list[Result], cfg: Path, gallery_path: Path, model_hash:
         if not accepted and (file_bytes(gallery_path) != raw or after != before):
             stats["gallery_changed_on_reject"] += 1
             batch[0].problems.append("`lock enroll` stored nothing, yet the gallery changed")
-        want_rc = 0 if len(accepted) == len(batch) else 1
+        want_rc = 0 if len(accepted) == len(batch) else 1   # a copy skipped is a file skipped
         if not crash and rc != want_rc:
             stats["bad_exit"] += 1
             batch[0].problems.append(f"`lock enroll` exit status {rc}, expected {want_rc}")
         text = out + err
         for r in batch:
             if r.outcome == ENROLLED:
-                continue
+                continue   # (a copy among them is named by the "same photo" line found above)
             skipped = f"{r.case.path}: skipped: "
             hit = [ln for ln in out.splitlines() if ln.startswith(skipped)]
             if hit:
@@ -653,7 +660,7 @@ def cli_enroll(results: list[Result], cfg: Path, gallery_path: Path, model_hash:
             elif not any(form in text for form in _printed_forms(r.case.path)):
                 r.problems.append("`lock enroll` did not name it")
                 stats["unnamed"] += 1
-        if accepted and not crash and f"enrolled {name}: {len(accepted)} template(s)" not in out:
+        if accepted and not crash and f"enrolled {person}: {len(accepted)} template(s)" not in out:
             batch[0].problems.append(f"`lock enroll` summary line missing or wrong: {out.splitlines()[-1:]}")
         log(f"enroll batch of {len(batch)}: exit {rc}, +{grown} template(s)")
     return dict(stats)

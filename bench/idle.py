@@ -12,7 +12,10 @@
    as VmRSS and VmHWM (peak) from /proc/PID/status.  The empty porch is a
    BMP file, so the camera thread's decoding costs about what taking a
    raw frame from a real camera does.
-2. Arrival: the real Daemon.process on recorded frames at ``--fps`` with
+2. Peak memory with faces: the same `lock run`, its camera replaying people
+   walking up one after another (nobody enrolled), ``--faces-duration``
+   seconds: VmHWM is the daemon's peak while it detects and embeds.
+3. Arrival: the real Daemon.process on recorded frames at ``--fps`` with
    the frame times as its clock (so the figures are in frames, not
    machine speed): someone appears, slides in from the side, or approaches
    from afar (their face growing from a quarter of its size).  For the
@@ -41,7 +44,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lock.scenes import background, default_photos, paste  # noqa: E402
+from lock.imageio import iter_images, load_image  # noqa: E402
+from lock.scenes import background, default_photos, paste, walkup  # noqa: E402
 
 SIZE = (480, 640)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,10 +65,18 @@ def proc_mem_mb(pid: int) -> dict[str, float]:
     return out
 
 
-def write_config(tmp: Path, fps: float, threshold: float | None) -> Path:
+def write_config(tmp: Path, fps: float, threshold: float | None, photos: list[Path] | None = None) -> Path:
     scene_dir = tmp / "porch"
     scene_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(scene_dir / "empty.bmp"), cv2.cvtColor(background(SIZE, 1), cv2.COLOR_RGB2BGR))
+    scene = background(SIZE, 1)
+    if photos is None:
+        cv2.imwrite(str(scene_dir / "empty.bmp"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    else:   # the porch with people walking up, one after another (none enrolled)
+        frames = []
+        for j, photo in enumerate(photos):
+            frames += [scene] * 15 + walkup(load_image(photo), SIZE, 20, np.random.default_rng(j), scene)
+        for k, f in enumerate(frames):
+            cv2.imwrite(str(scene_dir / f"{k:05d}.bmp"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     cfg = {
         "camera": {"source": "files", "path": str(scene_dir), "fps": fps, "loop": True},
         "gallery": {"path": str(tmp / "gallery.db")},
@@ -82,10 +94,10 @@ def write_config(tmp: Path, fps: float, threshold: float | None) -> Path:
 class Run:
     """One `lock run` subprocess."""
 
-    def __init__(self, label: str, threshold: float | None, fps: float) -> None:
+    def __init__(self, label: str, threshold: float | None, fps: float, photos: list[Path] | None = None) -> None:
         self.label = label
         self.tmp = Path(tempfile.mkdtemp(prefix=f"lock-idle-{label}-"))
-        cfg = write_config(self.tmp, fps, threshold)
+        cfg = write_config(self.tmp, fps, threshold, photos)
         env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
         env.pop("NOTIFY_SOCKET", None)
         self.log = open(self.tmp / "daemon.log", "w+")
@@ -251,6 +263,22 @@ def measure_arrival(args) -> dict:
     return out
 
 
+def measure_faces(args) -> dict:
+    """Peak RSS of `lock run` while it detects and embeds faces: the daemon's own peak."""
+    root = Path(args.photos) if args.photos else default_photos()
+    photos = iter_images([root / "celebrities" / "val"])[:6]
+    r = Run("faces", None, args.fps, photos)
+    r.wait_ready()
+    r.start()
+    time.sleep(args.faces_duration)
+    res = r.stop()
+    res["unknown_events"] = (r.tmp / "daemon.log").read_text().count("unknown")
+    print(f"   {'faces':<14} {len(photos)} people walking up in turn, none enrolled: RSS {res['rss_mb']:.0f} MB, "
+          f"peak {res['hwm_mb']:.0f} MB over {res['seconds']} s ({res['unknown_events']} unknown-face lines "
+          "in its log: it did detect and embed them)", flush=True)
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=300.0, help="seconds measured for each setting")
@@ -261,6 +289,8 @@ def main() -> int:
     ap.add_argument("--photos", default=None)
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--skip-arrival", action="store_true")
+    ap.add_argument("--faces-duration", type=float, default=60.0,
+                    help="seconds of `lock run` with people walking up, for its peak RSS (0: skip)")
     args = ap.parse_args()
     result = {"fps": args.fps}
     if not args.skip_idle:
@@ -269,6 +299,9 @@ def main() -> int:
         a, g = result["idle"]["always_detect"], result["idle"]["gate_default"]
         print(f"   the gate saves {a['cpu_core_pct'] - g['cpu_core_pct']:.2f} points of a core "
               f"({a['cpu_core_pct'] / max(g['cpu_core_pct'], 1e-6):.1f}x less CPU)")
+    if args.faces_duration > 0:
+        print(f"== peak memory of lock run with faces in view ({args.faces_duration:g} s)", flush=True)
+        result["faces"] = measure_faces(args)
     if not args.skip_arrival:
         print(f"== arrival: what the gate costs when someone comes ({args.arrivals} people per kind, "
               f"{args.fps:g} fps, frame clock)", flush=True)
