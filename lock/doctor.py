@@ -113,10 +113,11 @@ def doctor(config_path: str | None) -> int:
         ok("mqtt", "off in config (mqtt.enabled)")
 
     sock_dir = Path(settings.control.socket).parent
-    if not running and sock_dir.exists() and not os.access(sock_dir, os.W_OK):
-        bad("control", f"cannot create {settings.control.socket}: {sock_dir} is not writable for this user")
-    elif not running and not sock_dir.exists():
+    if not running and sock_dir == Path("/run/face-lock") and not sock_dir.exists():
         ok("control", f"{sock_dir} does not exist yet: the service's RuntimeDirectory=face-lock makes it "
                       "at start (by hand: run as root, or set control.socket)")
+    elif not running and not os.access(sock_dir if sock_dir.exists() else sock_dir.parent, os.W_OK):
+        bad("control", f"cannot create {settings.control.socket}: {sock_dir if sock_dir.exists() else sock_dir.parent} "
+                       "is not writable for this user (the service can write /run/face-lock only)")
     print("all good" if not problems else f"{problems} problem(s) found")
     return 0 if not problems else 1

@@ -386,9 +386,15 @@ def off_targets(config_path: str | None) -> tuple[list[DoorSettings], list[str]]
     except ConfigError as exc:
         problems.append(str(exc))
     else:
-        if not any((t.relay_pin, t.relay_active_high) == (door.relay_pin, door.relay_active_high)
-                   for t in targets):
+        held = next((t for t in targets if t.relay_pin == door.relay_pin), None)
+        if held is None:
             targets.append(door)
+        elif held.relay_active_high != door.relay_active_high:
+            # Driving one pin "off" at both polarities would leave it at one of them: energised.
+            # The daemon's record says how the relay on it was driven; that one wins.
+            problems.append(f"door.relay_active_high is {door.relay_active_high} in the config but the daemon "
+                            f"drove {door.relay_pin} as active {'high' if held.relay_active_high else 'low'}: "
+                            "forced off as the daemon drove it")
     return targets, problems
 
 

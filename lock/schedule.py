@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
+
+log = logging.getLogger(__name__)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MIDNIGHT = dt.time.max  # "24:00": the end of the day
@@ -72,8 +75,15 @@ class Schedule:
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
         d = json.loads(text)
-        return cls(days=tuple(d["days"]), start=dt.time.fromisoformat(d["start"]),
-                   end=dt.time.fromisoformat(d["end"]))
+        start, end = dt.time.fromisoformat(d["start"]), dt.time.fromisoformat(d["end"])
+        if start.tzinfo is not None or end.tzinfo is not None:
+            # Stored by a version that took hours with a time zone: read as a schedule that lets no
+            # one in (like an empty range), not an error that would stop every lookup of the gallery.
+            log.warning("a stored schedule has hours with a time zone (%s-%s), which are not taken: it lets "
+                        "no one in until it is set again (lock faces schedule NAME DAYS HH:MM-HH:MM)",
+                        d["start"], d["end"])
+            start = end = start.replace(tzinfo=None)
+        return cls(days=tuple(d["days"]), start=start, end=end)
 
     def __str__(self) -> str:
         end = "24:00" if self.end == MIDNIGHT else self.end.strftime("%H:%M")

@@ -284,3 +284,18 @@ def test_off_without_a_record_reads_only_the_door_section(tmp_path, monkeypatch,
     assert main(["--off", "--config", str(cfg)]) == 0
     assert gpiozero.Device.pin_factory.pin(24).state is True
     assert capsys.readouterr().err == ""
+
+
+def test_off_never_drives_the_held_pin_at_both_polarities(tmp_path, monkeypatch, capsys):
+    """The config edited to the other polarity of the same pin: forcing off both would leave it energised."""
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)
+    door = Door(DoorSettings(relay_pin="GPIO17", relay_active_high=True), EventBus()).open()
+    door._relay.on()
+    door._relay.close()                                         # died mid-pulse, pin high (energised)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("door:\n  relay_pin: GPIO17\n  relay_active_high: false\n")
+    assert main(["--off", "--config", str(cfg)]) == 0
+    assert gpiozero.Device.pin_factory.pin(17).state is False   # off for the relay the daemon drove
+    assert "forced off as the daemon drove it" in capsys.readouterr().err

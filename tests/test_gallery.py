@@ -319,3 +319,17 @@ def test_damaged_templates_can_be_replaced(tmp_path):
         g.enroll("resident", fresh, [0.9], replace=True, check=lambda m: check_identity(
             m, "resident", fresh, ["new.jpg"], replace=True, lookalike=0.72))
         assert g.matcher().match(unit(1)).person == "resident"
+
+
+def test_a_zoned_schedule_stored_by_an_older_version_shuts_out_only_its_person(gallery, caplog):
+    gallery.enroll("resident", [unit(1)], [0.9])
+    gallery.enroll("night guard", [unit(2)], [0.9])
+    db = sqlite3.connect(gallery.path)
+    db.execute("UPDATE people SET schedule = ? WHERE name = 'night guard'",
+               ('{"days": ["mon"], "start": "00:00:00+00:00", "end": "23:59:00+00:00"}',))
+    db.commit()
+    db.close()
+    assert gallery.schedule("resident") is None                 # before the fix: GalleryError for all
+    assert not gallery.schedule("night guard").allows(dt.datetime(2024, 5, 6, 12, 0))
+    assert "time zone" in caplog.text
+    gallery.enroll("visitor", [unit(3)], [0.9])                 # and enrolling still reports success
