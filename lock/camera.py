@@ -237,6 +237,12 @@ class PicameraCamera(Camera):
                 f"camera.source is picamera2 but it cannot be imported ({exc}): on Raspberry Pi OS run "
                 "`sudo apt install python3-picamera2` and make the venv with --system-site-packages, "
                 "or set camera.source to opencv or files") from None
+        except Exception as exc:  # e.g. apt's simplejpeg, built for numpy 1.x, under a numpy 2 in the venv
+            import numpy
+            raise CameraError(
+                f"camera.source is picamera2 but importing it failed ({type(exc).__name__}: {exc}); "
+                f"with numpy {numpy.__version__} in the venv, apt's picamera2 needs numpy 1.x: "
+                "pip install -e '.[pi]' keeps it below 2") from None
         self._picamera2 = Picamera2
 
     def _connect(self) -> None:

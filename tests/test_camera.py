@@ -265,3 +265,16 @@ def test_missing_opencv_device_is_retried_not_fatal(caplog):
 def test_stream_passwords_never_reach_the_logs(url, shown):
     from lock.camera import _redact
     assert _redact(url) == shown
+
+
+def test_picamera2_that_fails_to_import_is_a_clear_error(tmp_path, monkeypatch):
+    """apt's picamera2 under a numpy 2 in the venv fails with a ValueError, not an ImportError: before,
+    a traceback. (picamera2 is not installable here: a stand-in package that fails the same way.)"""
+    if importlib.util.find_spec("picamera2") is not None:
+        pytest.skip("picamera2 is installed here (a Pi)")
+    (tmp_path / "picamera2").mkdir()
+    (tmp_path / "picamera2" / "__init__.py").write_text(
+        'raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CameraError, match=r"importing it failed \(ValueError: numpy.dtype size changed.*\[pi\]"):
+        PicameraCamera(CameraSettings(source="picamera2")).open()
