@@ -525,6 +525,7 @@ def library_pass(cases: list[Case], pipeline, gallery_path: Path, name: str = "a
 
 def write_config(directory: Path) -> Path:
     import yaml
+    directory.mkdir(parents=True, exist_ok=True)
     from lock import config
     s = config.parse({"gallery": {"path": str(directory / "gallery.db")},
                       "audit": {"path": str(directory / "audit.db")},
@@ -615,12 +616,16 @@ def cli_verify(results: list[Result], cfg: Path, size: int, log=lambda s: None) 
     return dict(stats)
 
 
-def cli_enroll(results: list[Result], cfg: Path, gallery_path: Path, model_hash: str, size: int,
+def cli_enroll(results: list[Result], directory: Path, model_hash: str, size: int,
                name: str = "abuse cli", log=lambda s: None) -> dict:
     stats = collections.Counter()
     todo = [r for r in results if r.case.enroll_cli]
     for number, batch in enumerate(batches(todo, size)):
-        person = f"{name} {number}"   # one person per batch: see library_pass
+        # One person in a gallery of their own per batch: the corpus mixes people and copies of photos
+        # on purpose, which the identity checks would refuse across batches (see library_pass).
+        person = f"{name} {number}"
+        cfg = write_config(directory / f"enroll-{number}")
+        gallery_path = directory / f"enroll-{number}" / "gallery.db"
         before = gallery_state(gallery_path, model_hash) if gallery_path.exists() else None
         raw = file_bytes(gallery_path)
         rc, out, err = run_cli(["--config", str(cfg), "enroll", "--force", person,
@@ -691,7 +696,7 @@ def run(out: Path, seed: int, count: int, batch: int, quick: bool = False, verbo
     cli_dir.mkdir(exist_ok=True)
     cfg = write_config(cli_dir)
     v = cli_verify(results, cfg, batch, log=say)
-    e = cli_enroll(results, cfg, cli_dir / "gallery.db", pipe.model_hash, batch, log=say)
+    e = cli_enroll(results, cli_dir, pipe.model_hash, batch, log=say)
     t_cli = time.monotonic()
     problems = [(r.case.name, p) for r in results for p in r.problems]
     return {

@@ -186,3 +186,17 @@ def test_cli_enroll_mistakes(tmp_path, photos):
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "resident", "resident/"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "enrolled resident: 1 template(s)" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_failed_first_enrollment_leaves_no_gallery_behind(tmp_path):
+    """Before, `sudo lock enroll` with unusable photos left an empty gallery owned by root, which the
+    service (another user) could then not open."""
+    s = scenario.settings(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    Image.fromarray(background((480, 640))).save(tmp_path / "no_face.jpg")
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "resident",
+                        str(tmp_path / "no_face.jpg")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "no face found" in r.stderr + r.stdout, r.stdout + r.stderr
+    assert not any(p.name.startswith("gallery.db") for p in tmp_path.glob("**/gallery.db*")), \
+        list(tmp_path.glob("**/gallery.db*"))
