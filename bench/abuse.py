@@ -626,6 +626,8 @@ def cli_enroll(results: list[Result], directory: Path, model_hash: str, size: in
         person = f"{name} {number}"
         cfg = write_config(directory / f"enroll-{number}")
         gallery_path = directory / f"enroll-{number}" / "gallery.db"
+        from lock.gallery import Gallery
+        Gallery(gallery_path, model_hash).open().close()   # empty: a rejected batch must leave it byte-identical
         before = gallery_state(gallery_path, model_hash) if gallery_path.exists() else None
         raw = file_bytes(gallery_path)
         rc, out, err = run_cli(["--config", str(cfg), "enroll", "--force", person,

@@ -239,10 +239,10 @@ class PicameraCamera(Camera):
                 "or set camera.source to opencv or files") from None
         except Exception as exc:  # e.g. apt's simplejpeg, built for numpy 1.x, under a numpy 2 in the venv
             import numpy
-            raise CameraError(
-                f"camera.source is picamera2 but importing it failed ({type(exc).__name__}: {exc}); "
-                f"with numpy {numpy.__version__} in the venv, apt's picamera2 needs numpy 1.x: "
-                "pip install -e '.[pi]' keeps it below 2") from None
+            hint = (f"; with numpy {numpy.__version__} in the venv: apt's picamera2 needs numpy 1.x, which "
+                    "pip install -e '.[pi]' keeps" if int(numpy.__version__.split(".")[0]) >= 2 else "")
+            raise CameraError(f"camera.source is picamera2 but importing it failed "
+                              f"({type(exc).__name__}: {exc}){hint}") from None
         self._picamera2 = Picamera2
 
     def _connect(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -31,37 +30,6 @@ def _gallery(settings: config_mod.Settings, model_hash: str | None = None):
         rt = Runtime(config_mod.models_dir(settings)).open()
         model_hash = rt.model_hash("facenet.tflite")
     return Gallery(settings.gallery.path, model_hash).open()
-
-
-@contextlib.contextmanager
-def _enrolling(settings: config_mod.Settings, model_hash: str):
-    """The gallery to enroll into.  If this made it and the enrollment failed, it is removed again:
-    an empty gallery left by `sudo lock enroll` would belong to root and keep the service out."""
-    path = Path(settings.gallery.path)
-    existed = os.path.lexists(path)
-    try:
-        with _gallery(settings, model_hash) as gallery:
-            yield gallery
-    except BaseException:
-        if not existed and os.path.lexists(path):
-            _remove_if_empty(path)
-        raise
-
-
-def _remove_if_empty(path: Path) -> None:
-    import sqlite3
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            empty = db.execute("SELECT COUNT(*) FROM people").fetchone()[0] == 0
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return
-    if empty:
-        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
 
 
 def _ask(settings: config_mod.Settings, req: dict, timeout: float = 10.0) -> dict:
@@ -128,7 +96,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                 if f is not None:
                     yield f.image
         try:
-            with _enrolling(settings, pipe.model_hash) as gallery:
+            with _gallery(settings, pipe.model_hash) as gallery:
                 report = enroll_frames(pipe, gallery, args.name, frames(), count=args.count, timeout=60,
                                        say=lambda m: print(m, flush=True), replace=args.replace,
                                        lookalike=settings.match.threshold)
@@ -158,7 +126,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return tqdm(items, desc=f"enrolling {args.name}", unit="photo")
         return items
 
-    with _enrolling(settings, pipe.model_hash) as gallery:
+    with _gallery(settings, pipe.model_hash) as gallery:
         report = enroll_files(pipe, gallery, args.name, paths, replace=args.replace, progress=bar,
                               lookalike=settings.match.threshold, force=args.force)
     for line in report.lines():

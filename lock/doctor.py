@@ -116,8 +116,10 @@ def doctor(config_path: str | None) -> int:
     if not running and sock_dir == Path("/run/face-lock") and not sock_dir.exists():
         ok("control", f"{sock_dir} does not exist yet: the service's RuntimeDirectory=face-lock makes it "
                       "at start (by hand: run as root, or set control.socket)")
-    elif not running and not os.access(sock_dir if sock_dir.exists() else sock_dir.parent, os.W_OK):
-        bad("control", f"cannot create {settings.control.socket}: {sock_dir if sock_dir.exists() else sock_dir.parent} "
-                       "is not writable for this user (the service can write /run/face-lock only)")
+    elif not running:
+        base = next(p for p in (sock_dir, *sock_dir.parents) if p.exists())  # where mkdir would start
+        if not os.access(base, os.W_OK):
+            bad("control", f"cannot create {settings.control.socket}: {base} is not writable for this user "
+                           "(the service can write /run/face-lock only)")
     print("all good" if not problems else f"{problems} problem(s) found")
     return 0 if not problems else 1

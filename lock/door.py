@@ -366,6 +366,19 @@ def force_off(settings: DoorSettings, pin_factory: Any = None) -> None:
              "high" if settings.relay_active_high else "low")
 
 
+def _gpio_name(pin: str) -> str:
+    """One name for each header pin: "17", "BCM17", "BOARD11" and "J8:11" are all "GPIO17".
+
+    gpiozero's mock factory only lends its 40-pin header table here (the same
+    on every such Pi); nothing is claimed.  A name it does not know stays as it is.
+    """
+    try:
+        from gpiozero.pins.mock import MockFactory
+        return str(MockFactory().board_info.to_gpio(pin))
+    except Exception:  # noqa: BLE001  (an unknown name, another board: compare as written)
+        return str(pin)
+
+
 def off_targets(config_path: str | None) -> tuple[list[DoorSettings], list[str]]:
     """The relays to force off, and what could not be read.
 
@@ -386,7 +399,7 @@ def off_targets(config_path: str | None) -> tuple[list[DoorSettings], list[str]]
     except ConfigError as exc:
         problems.append(str(exc))
     else:
-        held = next((t for t in targets if t.relay_pin == door.relay_pin), None)
+        held = next((t for t in targets if _gpio_name(t.relay_pin) == _gpio_name(door.relay_pin)), None)
         if held is None:
             targets.append(door)
         elif held.relay_active_high != door.relay_active_high:

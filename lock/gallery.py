@@ -132,6 +132,19 @@ def check_name(name: str) -> str:
     return unicodedata.normalize("NFC", clean)
 
 
+def _owned_like_its_folder(path: Path) -> None:
+    """A gallery made by root (`sudo lock enroll`) in the service user's folder goes to that user.
+
+    Left to root (mode 0600), the service could not open it at all.  SQLite
+    gives its -wal and -shm files the database file's owner when it runs as root.
+    """
+    if os.geteuid() != 0:
+        return
+    folder = os.stat(path.parent)
+    if folder.st_uid != 0:
+        os.chown(path, folder.st_uid, folder.st_gid)
+
+
 class Gallery:
     """The SQLite gallery at ``path`` for the model whose hash is ``model_hash``.
 
@@ -161,6 +174,7 @@ class Gallery:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():   # biometric data: readable by its owner only
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                _owned_like_its_folder(self.path)
         except OSError as exc:
             raise GalleryError(f"{self.path}: cannot create the gallery: {exc.strerror or exc} "
                                "(check gallery.path and the directory's owner)") from None

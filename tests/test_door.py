@@ -295,7 +295,8 @@ def test_off_never_drives_the_held_pin_at_both_polarities(tmp_path, monkeypatch,
     door._relay.on()
     door._relay.close()                                         # died mid-pulse, pin high (energised)
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("door:\n  relay_pin: GPIO17\n  relay_active_high: false\n")
-    assert main(["--off", "--config", str(cfg)]) == 0
-    assert gpiozero.Device.pin_factory.pin(17).state is False   # off for the relay the daemon drove
-    assert "forced off as the daemon drove it" in capsys.readouterr().err
+    for spelling in ("GPIO17", "17", "BCM17", "BOARD11"):       # one pin, however it is written
+        cfg.write_text(f"door:\n  relay_pin: '{spelling}'\n  relay_active_high: false\n")
+        assert main(["--off", "--config", str(cfg)]) == 0
+        assert gpiozero.Device.pin_factory.pin(17).state is False, spelling   # off as the daemon drove it
+        assert "forced off as the daemon drove it" in capsys.readouterr().err

@@ -188,15 +188,22 @@ def test_cli_enroll_mistakes(tmp_path, photos):
     assert r.returncode == 0 and "enrolled resident: 1 template(s)" in r.stdout, r.stdout + r.stderr
 
 
-def test_a_failed_first_enrollment_leaves_no_gallery_behind(tmp_path):
-    """Before, `sudo lock enroll` with unusable photos left an empty gallery owned by root, which the
-    service (another user) could then not open."""
-    s = scenario.settings(tmp_path)
+def test_a_gallery_made_by_root_in_the_service_users_folder_is_the_service_users(tmp_path):
+    """Before, `sudo lock enroll` (a failed one too) left a gallery owned by root, mode 0600, in the
+    service user's folder: the service could not open it at all."""
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root: this is about what root leaves behind")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 12345, 12345)                      # the service user's folder (any uid will do)
+    s = scenario.settings(tmp_path, gallery={"path": str(state / "gallery.db")})
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(s.model_dump()))
     Image.fromarray(background((480, 640))).save(tmp_path / "no_face.jpg")
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "resident",
                         str(tmp_path / "no_face.jpg")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "no face found" in r.stderr + r.stdout, r.stdout + r.stderr
-    assert not any(p.name.startswith("gallery.db") for p in tmp_path.glob("**/gallery.db*")), \
-        list(tmp_path.glob("**/gallery.db*"))
+    left = sorted(state.iterdir())
+    assert left and all((p.stat().st_uid, p.stat().st_gid) == (12345, 12345) for p in left), \
+        [(p.name, p.stat().st_uid) for p in left]
