@@ -8,8 +8,9 @@ conversion and timing it reuses).  XNNPACK takes neither int8 PRELU nor int8
 MAXIMUM, so the shipped form, max(x, a*x), runs its MAXIMUMs in LiteRT's own
 kernel and splits P-Net into several XNNPACK partitions; the other two forms
 stay in one partition.  This prints which is faster at pyramid level 0 of a
-640x480 frame (73x97).  P-Net's one alpha above 1 (1.012) is clipped to 1 in
-every form, as in the shipped model (models/build.py, PRELU_CLIP_MAX).
+640x480 frame: 73x97 at min face 80 (the default), ``--shape 289 385`` at
+min face 20.  P-Net's one alpha above 1 (1.012) is clipped to 1 in every
+form, as in the shipped model (models/build.py, PRELU_CLIP_MAX).
 """
 
 from __future__ import annotations
@@ -73,23 +74,26 @@ def pnet(sd, form: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), default=SHAPE[1:3],
+                    help="input size (default: level 0 at min face 80; 289 385 is level 0 at min face 20)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get(
         "LOCK_MODELS_CACHE", Path.home() / ".cache" / "lock-models")))
     args = ap.parse_args()
+    shape = (1, args.shape[0], args.shape[1], 3)
     import build
     from ai_edge_litert.interpreter import Interpreter
     from mtcnn_layers import invoke_ms, to_int8
 
     sd = build.load_mtcnn_state_dicts(args.cache)["pnet"]
     rng = np.random.default_rng(0)
-    print(f"\n== P-Net {SHAPE}, {args.threads} thread(s), int8, LiteRT + XNNPACK")
+    print(f"\n== P-Net {shape}, {args.threads} thread(s), int8, LiteRT + XNNPACK")
     for form, label in FORMS.items():
-        blob = to_int8(pnet(sd, form), SHAPE, rng)
+        blob = to_int8(pnet(sd, form), shape, rng)
         it = Interpreter(model_content=blob, num_threads=args.threads)
-        it.resize_tensor_input(it.get_input_details()[0]["index"], list(SHAPE))
+        it.resize_tensor_input(it.get_input_details()[0]["index"], list(shape))
         it.allocate_tensors()
         partitions = Counter(o["op_name"] for o in it._get_ops_details())["DELEGATE"]
-        ms = invoke_ms(blob, SHAPE, args.threads, rng)
+        ms = invoke_ms(blob, shape, args.threads, rng)
         print(f"   {label:42s} {ms:.4f} ms per invoke, {partitions} XNNPACK partition(s)", flush=True)
     return 0
 

@@ -167,6 +167,58 @@ def test_nms_matrix_and_row_by_row_agree(mode, monkeypatch):
     assert suppressed_some
 
 
+def test_fast_pyramid_halves_the_level_two_scales_up(photos):
+    """vision.fast_pyramid: a level that would resample the full frame is the one two above it halved."""
+    runtime = Runtime(MODELS, threads=1).open()
+    frame = paste(background((480, 640)), load_image(photos.singles[0]), 260, (300, 250))
+    det = Detector(runtime, min_face=20, shrink=True).open((480, 640))
+    levels = det._pyramid(480, 640)
+    assert len(levels) == len(pyramid_scales(480, 640, 20, 0.709)) == 10
+    assert [lv.parent is not None for lv in levels] == [False, False, True] + [False] * 7
+    assert mtcnn_mod.shrink_steps(pyramid_scales(480, 640, 20, 0.709)[2]) == 0   # the full frame's
+    assert not any(lv.parent for lv in Detector(runtime, shrink=True).open((480, 640))._pyramid(480, 640)), \
+        "at the door's min face 80 every level reads a halved copy: nothing changes"
+    faces = det.detect(frame)
+    assert len(faces) == 1
+    lv, parent = levels[2], levels[0]
+    assert lv.parent is parent and lv.scale == parent.scale / 2
+    assert (lv.hs, lv.ws) == (parent.hs // 2, parent.ws // 2)
+    p = parent.pixels[:2 * lv.hs, :2 * lv.ws].astype(np.float64)
+    mean = (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) / 4
+    assert np.abs(lv.pixels - mean).max() <= 0.5 + 1e-9   # made from this frame's parent
+    plain = Detector(runtime, min_face=20, shrink=False).open((480, 640))
+    assert not any(lv.parent for lv in plain._pyramid(480, 640))
+    other = Detector(runtime, min_face=20, scale_factor=0.8, shrink=True).open((480, 640))
+    assert not any(lv.parent for lv in other._pyramid(480, 640)), "0.8 ** 2 is no halving"
+    got = plain.detect(frame)
+    assert len(got) == 1
+    a, b = faces.boxes[0], got.boxes[0]
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    assert inter / union > 0.8, "the same face as the plain pyramid finds"
+
+
+def test_input_codes_by_table_equal_the_float_standardisation(pipe, photos):
+    """FaceNet's input through the 256-entry table is the float formula's (at most a code off, rarely)."""
+    from lock.vision.facenet import input_codes, standardize
+    quant = pipe.embedder._net.input_quant
+    assert quant.scale, "the shipped FaceNet takes int8"
+    checked = 0
+    for path in photos.singles:
+        frame = load_image(path)
+        faces = pipe.detect(frame)
+        face = align(frame, faces.landmarks[main_face(faces, frame.shape)])
+        for q in (quant, type(quant)(0.0, 0)):   # the int8 model's input, and a float model's
+            want, got = q.quantize(standardize(face)), input_codes(face, q)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            off = np.abs(got.astype(np.float64) - want)
+            assert off.max() <= (1 if q.scale else 1e-4), path.name
+            if q.scale:
+                assert (off > 0).mean() <= 1e-3, path.name
+        checked += 1
+    assert checked >= 3
+
+
 def test_truncated_and_non_image_files_are_named(tmp_path, photos):
     data = photos.singles[0].read_bytes()
     bad = tmp_path / "cut.jpg"
