@@ -197,6 +197,23 @@ def test_fast_pyramid_halves_the_level_two_scales_up(photos):
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     assert inter / union > 0.8, "the same face as the plain pyramid finds"
 
+    # the halved level's own windows land where the plain level's do: a face of the size it looks for
+    small = paste(background((480, 640)), load_image(photos.singles[0]), 140, (300, 250))
+    levels[0].run(small)
+    windows = [levels[2].run(None), plain._pyramid(480, 640)[2].run(small)]
+    centres = []
+    for boxes, scores, _ in windows:
+        sure = scores >= 0.9
+        assert sure.sum() >= 3
+        centres.append(np.average((boxes[sure, :2] + boxes[sure, 2:]) / 2, axis=0, weights=scores[sure]))
+        assert (boxes[:, 2] - boxes[:, 0]).mean() == pytest.approx(12 / 0.3, rel=0.02)
+    cell = 2 / levels[2].scale
+    assert np.abs(centres[0] - centres[1]).max() <= 2 * cell, centres   # a wrong scale: 100+ px
+    # a benchmark that turns the halving off and on again gets the same plain levels, not new ones
+    det.shrink = False
+    assert [id(lv) for lv in det._pyramid(480, 640)][:2] == [id(lv) for lv in levels[:2]]
+    assert det._pyramid(480, 640)[3:] == levels[3:]
+
 
 def test_input_codes_by_table_equal_the_float_standardisation(pipe, photos):
     """FaceNet's input through the 256-entry table is the float formula's (at most a code off, rarely)."""

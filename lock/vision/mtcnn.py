@@ -390,6 +390,9 @@ class Detector:
         key = (h, w, self.shrink)
         levels = self._pnets.get(key)
         if levels is None:
+            # the plain levels of this frame size already made (shrink toggled by a benchmark): reused
+            made = {(lv.scale, lv.hs, lv.ws): lv for k, lvs in self._pnets.items() if k[:2] == (h, w)
+                    for lv in lvs if lv.parent is None}
             levels = []
             halve = self.shrink and abs(self.scale_factor ** 2 - 0.5) <= HALVING_TOLERANCE * 0.5
             for s in pyramid_scales(h, w, self.min_face, self.scale_factor):
@@ -398,7 +401,8 @@ class Detector:
                     level = Level(self.runtime, parent.scale / 2, parent.hs // 2, parent.ws // 2,
                                   self.thresholds[0], self.threads, parent=parent)
                 else:
-                    level = Level(self.runtime, s, int(h * s + 1), int(w * s + 1), self.thresholds[0], self.threads)
+                    hs, ws = int(h * s + 1), int(w * s + 1)
+                    level = made.get((s, hs, ws)) or Level(self.runtime, s, hs, ws, self.thresholds[0], self.threads)
                 levels.append(level)
             if len(self._pnets) >= 4:  # frames of many sizes (enrolling from files): keep a few
                 self._pnets.pop(next(iter(self._pnets)))
