@@ -94,16 +94,31 @@ class MatchSettings(Section):
     margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
 
 
+# While every face in view is decided, the daemon detects only this often (lock/daemon.py).
+DECIDED_DETECT_SECONDS = 0.5
+
+
 class DecideSettings(Section):
     votes: int = Field(2, ge=1, le=50, description="agreeing votes a track needs to unlock")
     window_seconds: float = Field(3.0, gt=0)
-    unknown_after: int = Field(4, ge=1, description="embedded frames without an accept before 'unknown'")
+    # At most 200: far above it, the lockout's weight of a face that left (seen frames / unknown_after)
+    # comes near zero, and no 'unknown' is ever said: the lockout would be off in all but name.
+    unknown_after: int = Field(4, ge=1, le=200, description="embedded frames without an accept before 'unknown'")
     track_iou: float = Field(0.3, gt=0, lt=1)
-    track_timeout_seconds: float = Field(1.5, gt=0)
-    lockout_after: int = Field(5, ge=1, description="unknown faces within lockout_window_seconds (unknown_after unmatched frames of faces that left weigh one)")
+    # Above DECIDED_DETECT_SECONDS, else a decided person's track would end between two detections
+    # and they would be decided (and let in) again and again while standing at the door.
+    track_timeout_seconds: float = Field(1.5, gt=DECIDED_DETECT_SECONDS)
+    lockout_after: int = Field(5, ge=1, description="unknown faces within lockout_window_seconds (unknown_after embedded frames of faces that left undecided weigh one)")
     lockout_window_seconds: float = Field(120.0, gt=0)
     lockout_seconds: float = Field(60.0, gt=0)
     lockout_max_seconds: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _votes_fit(self) -> "DecideSettings":
+        if self.unknown_after < self.votes:
+            raise ValueError(f"unknown_after ({self.unknown_after}) must be at least votes ({self.votes}): "
+                             "with fewer, everyone would be 'unknown' before they could be let in")
+        return self
 
 
 class DoorSettings(Section):

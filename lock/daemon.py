@@ -49,7 +49,6 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-DECIDED_DETECT_SECONDS = 0.5  # well inside decide.track_timeout_seconds
 
 
 class ChangeGate:
@@ -366,7 +365,7 @@ class Daemon:
         changed = self.gate.changed(image)
         since = now - self._last_detect
         if self._last_faces > 0:
-            run = not self._all_decided or since >= DECIDED_DETECT_SECONDS
+            run = not self._all_decided or since >= config_mod.DECIDED_DETECT_SECONDS
         else:
             run = changed or since >= s.idle.detect_every_seconds
         if not run:

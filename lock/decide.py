@@ -26,14 +26,16 @@ Choices worth knowing:
   The doubling goes back to the base after a successful unlock, or after a
   quiet period of ``lockout_max_seconds`` with neither a lockout nor an
   unknown face.
-* A track that ends undecided without a single vote for anyone (a stranger
-  who stepped away, or broke the track, before ``unknown_after`` frames)
-  counts towards the lockout by its embedded frames: ``unknown_after`` of
-  them weigh as much as one unknown, without an ``unknown`` event.  Otherwise
-  a stranger could try ``unknown_after - 1`` frames at a time for ever; this
-  way the lockout engages after ``lockout_after * unknown_after`` unmatched
-  frames however they are split into tracks, as it does for whole unknowns.
-  A resident passing by with one unmatched frame weighs 1/``unknown_after``
+* A track that ends undecided (a stranger who stepped away, or broke the
+  track, before ``unknown_after`` frames) counts towards the lockout by its
+  embedded frames: ``unknown_after`` of them weigh as much as one unknown,
+  without an ``unknown`` event.  Otherwise a stranger could try
+  ``unknown_after - 1`` frames at a time for ever; this way the lockout
+  engages after ``lockout_after * unknown_after`` embedded frames however
+  they are split into tracks, as it does for whole unknowns.  This holds
+  whether or not the track won a vote: a lookalike who wins one vote and
+  steps away before the second is exactly the attempt to count.  A
+  resident passing by with one embedded frame weighs 1/``unknown_after``
   (a quarter, by default).  A lockout it engages comes from
   :meth:`Decider.ended_events`.
 * :meth:`Decider.reconfigure` (SIGHUP) keeps the tracks and the lockout;
@@ -143,10 +145,11 @@ class Decider:
         for track in [t for t in self._tracks.values() if now - t.last_seen > s.track_timeout_seconds]:
             log.debug("track %d ended", track.id)
             del self._tracks[track.id]
-            if track.decision is None and track.embedded and not track.votes:
+            if track.decision is None and track.embedded:
                 weight = track.embedded / s.unknown_after
-                log.info("track %d ended undecided after %d unmatched frame(s): %.2f of an unknown towards "
-                         "the lockout", track.id, track.embedded, weight)
+                log.info("track %d ended undecided after %d embedded frame(s) (%d with a vote): %.2f of an "
+                         "unknown towards the lockout", track.id, track.embedded,
+                         sum(len(v) for v in track.votes.values()), weight)
                 self._ended += self._count_unknown(now, weight)
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

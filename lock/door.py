@@ -226,13 +226,20 @@ class Door:
             if not self._relay.is_active:
                 # Already open (held open) counts as opened: closing it ends the pulse.
                 self._opened_during_pulse = bool(self._contact_open)
-            if self._pulse is not None:
-                self._pulse.cancel()
-            self._relay.on()
-            self._pulse = threading.Timer(self.settings.unlock_seconds, self._pulse_over)
-            self._pulse.args = (self._pulse,)
-            self._pulse.daemon = True
-            self._pulse.start()
+            try:
+                # The timer that ends the pulse is running before the relay is
+                # energised: should it fail to start (no thread can be made),
+                # the relay is left (or put) off and the error goes up.
+                if self._pulse is not None:
+                    self._pulse.cancel()
+                pulse = self._pulse = threading.Timer(self.settings.unlock_seconds, self._pulse_over)
+                pulse.args = (pulse,)
+                pulse.daemon = True
+                pulse.start()
+                self._relay.on()
+            except BaseException:
+                self._release("the unlock failed")
+                raise
             log.info("unlocked for %.1f s (%s)", self.settings.unlock_seconds, reason or "no reason given")
             events += self._state_changes()
         self._publish(events)

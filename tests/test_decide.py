@@ -312,14 +312,33 @@ def test_residents_passing_by_unmatched_do_not_lock_the_door():
     assert not d.locked_out(210.0) and d.status(210.0)["recent_unknowns"] == 3.0
 
 
-def test_a_track_that_voted_for_someone_or_was_never_embedded_does_not_count():
+def test_a_track_never_embedded_does_not_count_one_that_won_a_vote_does():
     d = make(lockout_after=1, unknown_after=4)
     assert stranger_walks_away(d, 100.0, 0) == []                         # seen, never embedded
-    d.observe(np.empty((0, 4)), 150.0)
-    feed(d, [RESIDENT, STRANGER], start=200.0)                            # one vote, then gone
-    d.observe(np.empty((0, 4)), 210.0)
-    assert d.ended_events() == [] and not d.locked_out(210.0)
-    assert d.status(210.0)["recent_unknowns"] == 0
+    assert d.status(150.0)["recent_unknowns"] == 0
+    # a lookalike who wins one vote and steps away before the second weighs its frames, as any other
+    for k in range(2):
+        d.observe(np.empty((0, 4)), 150.0 + 20 * k)
+        feed(d, [RESIDENT, STRANGER], start=160.0 + 20 * k)
+        d.observe(np.empty((0, 4)), 170.0 + 20 * k)
+        if k == 0:
+            assert d.ended_events() == [] and not d.locked_out(170.0)
+            assert d.status(170.0)["recent_unknowns"] == 0.5
+    assert kinds(d.ended_events()) == ["lockout"] and d.locked_out(190.0)
+
+
+def test_a_lookalike_retrying_one_vote_at_a_time_is_locked_out():
+    """Defaults: attempts of 3 frames that each win one vote, then step away, engage the lockout."""
+    d = make()
+    events = []
+    for k in range(20):
+        d.observe(np.empty((0, 4)), 1000.0 + 10 * k)
+        _, ev = feed(d, [RESIDENT, STRANGER, STRANGER], start=1002.0 + 10 * k)
+        events += ev
+        d.observe(np.empty((0, 4)), 1008.0 + 10 * k)
+        events += d.ended_events()
+    assert "recognized" not in kinds(events)
+    assert "lockout" in kinds(events)
 
 
 def test_reconfigure_keeps_the_lockout_and_the_tracks():

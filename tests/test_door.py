@@ -6,6 +6,7 @@ Timing checks allow for a slow machine: they assert order and generous bounds.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import gpiozero
@@ -97,6 +98,24 @@ def test_repeated_unlock_restarts_the_pulse(factory, events):
     history = factory.pin(RELAY).states
     assert [s.state for s in history] == [False, True, False]  # one continuous pulse
     assert history[2].timestamp >= 0.45
+
+
+@pytest.mark.parametrize("during_pulse", [False, True])
+def test_an_unlock_whose_pulse_timer_cannot_start_leaves_the_relay_off(factory, events, monkeypatch, during_pulse):
+    """No thread for the pulse's end (say, at the unit's memory limit): the relay is not left energised."""
+    with make(factory, events, unlock_seconds=5) as door:
+        if during_pulse:
+            door.unlock()                     # a pulse is running; the second unlock restarts it
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(threading.Timer, "start", no_thread)
+        with pytest.raises(RuntimeError, match="new thread"):
+            door.unlock("test")
+        assert factory.pin(RELAY).state is False and door.state == "LOCKED"
+        monkeypatch.undo()
+        door.unlock()                         # and the next unlock works
+        assert factory.pin(RELAY).state is True
+        door.lock()
 
 
 def test_active_low_relay_inverts_levels(factory, events):
