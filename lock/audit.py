@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lock.config import AuditSettings
-from lock.events import STATS, Event
+from lock.events import DOOR_EVENTS, STATS, Event
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
+# Added later (an older file gets them by ALTER TABLE, its rows counting as delivered):
+# uid names the event (Event.uid); mqtt_sent is 0 for a door event the MQTT bridge has not had
+# acknowledged by the broker yet, 1 once it has, NULL for what MQTT does not carry as an event.
+COLUMNS = (("uid", "TEXT"), ("mqtt_sent", "INTEGER"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +115,14 @@ class AuditLog:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+            for name, kind in COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+                    if name == "mqtt_sent":
+                        conn.execute("UPDATE events SET mqtt_sent = 1 WHERE kind IN (%s)"
+                                     % ",".join("?" * len(DOOR_EVENTS)), DOOR_EVENTS)
+            conn.execute("CREATE INDEX IF NOT EXISTS events_unsent ON events (mqtt_sent) WHERE mqtt_sent = 0")
             conn.commit()
         except BaseException:
             conn.close()
@@ -160,8 +172,10 @@ class AuditLog:
             try:
                 with self._conn:  # one transaction: all or nothing
                     self._conn.execute(
-                        "INSERT INTO events (time, kind, person, detail, private) VALUES (?, ?, ?, ?, ?)",
-                        (float(event.time), event.kind, event.person, _json(event.detail), _json(event.private)))
+                        "INSERT INTO events (time, kind, person, detail, private, uid, mqtt_sent) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (float(event.time), event.kind, event.person, _json(event.detail), _json(event.private),
+                         event.uid, 0 if event.kind in DOOR_EVENTS else None))
             except (sqlite3.Error, OSError) as exc:
                 self._report(f"cannot write to {self.path}: {exc}")
                 return
@@ -198,6 +212,36 @@ class AuditLog:
                 "SELECT id, time, kind, person, detail, private FROM events ORDER BY time DESC, id DESC LIMIT ?",
                 (int(n),)).fetchall()
         return [AuditRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5])) for r in rows]
+
+    # -- the MQTT outbox: door events the broker has not acknowledged survive a restart of the daemon
+
+    def unsent(self, since: float, limit: int) -> list[Event]:
+        """Door events from ``since`` (epoch seconds) on that MQTT has not delivered, oldest first
+        (at most the ``limit`` newest).  Empty when the log is not open or cannot be read."""
+        with self._lock:
+            if self._conn is None:
+                return []
+            try:
+                rows = self._conn.execute(
+                    "SELECT uid, time, kind, person, detail, private FROM events "
+                    "WHERE mqtt_sent = 0 AND time >= ? ORDER BY id DESC LIMIT ?", (float(since), int(limit))).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("audit log %s: cannot read the events MQTT has not delivered: %s", self.path, exc)
+                return []
+        return [Event(kind=r[2], time=r[1], person=r[3], detail=json.loads(r[4]), private=json.loads(r[5]), uid=r[0])
+                for r in reversed(rows)]
+
+    def mark_sent(self, uid: str) -> None:
+        """The broker acknowledged this event; never raises (at worst it is sent again after a restart)."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                with self._conn:
+                    self._conn.execute("UPDATE events SET mqtt_sent = 1 WHERE uid = ?", (uid,))
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("audit log %s: cannot mark event %s delivered: %s (it will be sent again after a "
+                            "restart)", self.path, uid, exc)
 
     def _report(self, message: str) -> None:
         # Once per failure spell: a full disk must not also fill the journal.

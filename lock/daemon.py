@@ -162,7 +162,8 @@ class Daemon:
             self.gate = ChangeGate(s.idle.change_threshold)
             if s.mqtt.enabled:
                 from lock.mqtt import MqttBridge
-                self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None)
+                self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None,
+                                       outbox=self.audit)
                 self.mqtt.start()
             self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
             self.door.announce()  # the door was opened before the audit log and MQTT listened

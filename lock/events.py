@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Event:
     person: str | None = None
     detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     private: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Names this event in the audit log, so that the MQTT bridge can mark it delivered (lock/audit.py).
+    uid: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
     @classmethod
     def now(cls, kind: str, person: str | None = None, *, clock: Callable[[], float] = time.time,

@@ -240,6 +240,20 @@ class _Message:
     payload: str | bytes
     retain: bool = False
     coalesce: bool = False  # a newer message to the same topic replaces this one while queued
+    uid: str | None = None  # a door event's Event.uid: marked delivered in the outbox once acknowledged
+
+
+class Outbox(Protocol):
+    """Where door events wait to be delivered across restarts (the audit log: lock/audit.py)."""
+
+    def unsent(self, since: float, limit: int) -> list[Event]: ...
+
+    def mark_sent(self, uid: str) -> None: ...
+
+
+# Door events the broker never acknowledged are sent again after a restart for this long (then the
+# audit log alone keeps them: an event days old would only confuse Home Assistant's history).
+OUTBOX_MAX_AGE_SECONDS = 86400.0
 
 
 class _TokenBucket:
@@ -270,8 +284,10 @@ class MqttBridge:
     """
 
     def __init__(self, settings: MQTTSettings, bus: EventBus, handler: CommandHandler, *,
-                 clock: Callable[[], float] = time.time, has_contact: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, has_contact: bool = False,
+                 outbox: Outbox | None = None) -> None:
         self.settings = settings
+        self._outbox = outbox
         self.topics = Topics.of(settings)
         self._bus = bus
         self._handler = handler
@@ -328,6 +344,7 @@ class MqttBridge:
         self._running = True
         self._closing = False
         self._bus.subscribe(self.on_event)
+        self._requeue_unsent()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
         try:
@@ -380,7 +397,7 @@ class MqttBridge:
         t = self.topics
         kind = event.kind
         if kind in events.DOOR_EVENTS:
-            self._enqueue(_Message(t.event, _dumps(event.public_dict(self.settings.publish_scores))))
+            self._enqueue(_Message(t.event, _dumps(event.public_dict(self.settings.publish_scores)), uid=event.uid))
             if kind == events.RECOGNIZED and event.person:
                 self._enqueue(_Message(t.last_person, event.person, retain=True, coalesce=True))
         elif kind == events.LOCK_STATE:
@@ -401,6 +418,23 @@ class MqttBridge:
             jpeg = event.detail.get("jpeg")
             if self.settings.unknown_image and isinstance(jpeg, (bytes, bytearray)):
                 self._enqueue(_Message(t.image, bytes(jpeg), coalesce=True))
+
+    def _requeue_unsent(self) -> None:
+        """Door events an earlier run raised but the broker never acknowledged go first, in order."""
+        if self._outbox is None:
+            return
+        old = self._outbox.unsent(self._clock() - OUTBOX_MAX_AGE_SECONDS, self.settings.queue_size)
+        with self._cond:
+            queued = {m.uid for m in self._queue if m.uid}
+            msgs = [_Message(self.topics.event, _dumps(e.public_dict(self.settings.publish_scores)), uid=e.uid)
+                    for e in old if e.uid not in queued]
+            self._queue.extendleft(reversed(msgs))
+            while len(self._queue) > self.settings.queue_size:
+                self._queue.popleft()
+                self._dropped += 1
+            self._cond.notify_all()
+        if msgs:
+            log.info("MQTT: %d door event(s) not delivered before the last stop are queued again", len(msgs))
 
     def _enqueue(self, msg: _Message) -> None:
         with self._cond:
@@ -429,31 +463,35 @@ class MqttBridge:
                 msg = self._control.popleft() if self._control else self._queue.popleft()
                 self._acked.clear()
             try:
-                delivered = self._deliver(msg)
+                outcome = self._deliver(msg)
             except Exception:  # e.g. a topic paho rejects: drop that message, keep the sender alive
                 log.exception("MQTT: cannot publish to %s; message dropped", msg.topic)
                 continue
-            if not delivered:
+            if outcome == "retry":
                 with self._cond:  # not handed over: put it back at the front, keep the order
                     self._queue.appendleft(msg)
                 time.sleep(0.2)
+            elif outcome == "acked" and msg.uid and self._outbox is not None:
+                self._outbox.mark_sent(msg.uid)
 
-    def _deliver(self, msg: _Message) -> bool:
-        """Hand one message to paho and wait for its PUBACK; False if paho did not take it."""
+    def _deliver(self, msg: _Message) -> str:
+        """Hand one message to paho and wait for its PUBACK: "acked"; "retry" if paho did not take
+        it; "dropped" if paho refused it; "closing" if the bridge stopped before the PUBACK came."""
         client = self._client
         if client is None:
-            return False
+            return "retry"
         info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
         # NO_CONN: paho keeps a QoS 1 message and sends it after the reconnect, so it is taken too.
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.error("MQTT: cannot publish to %s: %s; message dropped", msg.topic, paho.error_string(info.rc))
-            return True
+            return "dropped"
         with self._cond:
             while info.mid not in self._acked and not self._closing:
                 self._cond.wait(0.5)
+            acked = info.mid in self._acked
             self._acked.discard(info.mid)
             self._cond.notify_all()
-        return True
+        return "acked" if acked else "closing"
 
     # -- paho callbacks (network thread)
 

@@ -107,3 +107,25 @@ def test_telemetry_is_not_stored(tmp_path):
         assert [r.kind for r in a.recent(10)] == [events.UNKNOWN]
     finally:
         a.close()
+
+
+def test_an_audit_log_from_before_the_outbox_gains_it_with_its_rows_counted_delivered(tmp_path):
+    import sqlite3
+    path = tmp_path / "audit.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""CREATE TABLE events (id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL,
+                          person TEXT, detail TEXT NOT NULL, private TEXT NOT NULL);
+                          INSERT INTO events (time, kind, person, detail, private)
+                          VALUES (1.0e9, 'recognized', 'alice', '{}', '{}');""")
+    conn.commit()
+    conn.close()
+    log = AuditLog(AuditSettings(path=str(path), keep_days=100000))
+    assert log.open()
+    assert log.unsent(0, 100) == []                  # history is not sent to Home Assistant again
+    log.record(Event(events.UNKNOWN, time=1.1e9))
+    log.record(Event(events.LOCK_STATE, time=1.1e9 + 1, detail={"state": "LOCKED"}))
+    (pending,) = log.unsent(0, 100)
+    assert pending.kind == events.UNKNOWN and pending.time == 1.1e9
+    log.mark_sent(pending.uid)
+    assert log.unsent(0, 100) == [] and [r.kind for r in log.recent()][-1] == "recognized"
+    log.close()

@@ -265,6 +265,46 @@ def test_events_survive_a_broker_outage_in_order(mqtt_broker_factory, mqtt_subsc
     assert bridge.queued == 0 and bridge.dropped == 0
 
 
+def test_events_raised_while_the_broker_is_away_survive_a_restart_of_the_daemon(
+        mqtt_broker_factory, mqtt_subscriber, make_bridge, bus_events, tmp_path):
+    """The audit log is the outbox: what the broker never acknowledged is sent after the restart."""
+    from lock.audit import AuditLog
+    from lock.config import AuditSettings
+    bus, _ = bus_events
+    broker = mqtt_broker_factory(persistent=True)
+    settings = broker.settings(retry_max_seconds=2)
+    sub = mqtt_subscriber(broker, "face_lock/event", client_id="restart-collector")
+    audit = AuditLog(AuditSettings(path=str(tmp_path / "audit.db")))
+    audit.open()
+    bus.subscribe(audit.record)
+    bridge = make_bridge(settings, outbox=audit)
+    now = time.time()
+    bus.publish(Event(events.EXIT_BUTTON, time=now - 5))        # delivered while connected
+    sub.wait_for("face_lock/event", 1, timeout=10)
+    broker.stop()
+    wait(lambda: not bridge.connected)
+    for dt in (4.0, 3.0, 2.0):
+        bus.publish(Event(events.EXIT_BUTTON, time=now - dt))
+    bus.publish(Event(events.LOCK_STATE, time=now - 1, detail={"state": "LOCKED"}))   # a state, not an event
+    bridge.stop(flush_seconds=0.2)            # the daemon stops (or is killed) before the broker is back
+    bus.unsubscribe(audit.record)
+    audit.close()
+
+    audit = AuditLog(AuditSettings(path=str(tmp_path / "audit.db")))   # the next run
+    audit.open()
+    assert [e.time for e in audit.unsent(now - 3600, 100)] == [now - 4, now - 3, now - 2]
+    broker.start()
+    bridge = make_bridge(settings, outbox=audit)
+    got = sub.wait_for("face_lock/event", 4, timeout=20)
+    assert [json.loads(p)["time"] for _, p, _ in got] == [now - 5, now - 4, now - 3, now - 2]
+    wait(lambda: audit.unsent(now - 3600, 100) == [])
+    bridge.stop(flush_seconds=0.5)
+    make_bridge(settings, outbox=audit)       # and a third run sends nothing again
+    time.sleep(1.0)
+    assert len(sub.on("face_lock/event")) == 4
+    audit.close()
+
+
 def test_queue_overflow_drops_the_oldest_and_counts(mqtt_broker, mqtt_subscriber, make_bridge):
     bridge = make_bridge(mqtt_broker.settings(queue_size=3), start=False)
     for t in range(5):
