@@ -198,11 +198,21 @@ class MQTTSettings(Section):
     publish_scores: bool = False
     unknown_image: bool = False
     queue_size: int = Field(1000, ge=1)
+
     commands_per_minute: int = Field(10, ge=1)
     keepalive: int = Field(30, ge=5)
     retry_max_seconds: int = Field(60, ge=1, description="longest wait between reconnect tries (doubles from 1 s)")
     refused_retry_seconds: int = Field(300, ge=5, description="wait before trying again after the broker refused us "
                                        "(bad credentials, not authorised, TLS failure)")
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _plain_topic(cls, v: str) -> str:
+        # A wildcard or an empty level makes the broker refuse the last will, and so every connection.
+        if not v or any(c in v for c in "+#\0") or "" in v.split("/"):
+            raise ValueError(f"{v!r} is not a topic the lock can publish to: no '+', '#', empty levels "
+                             "or leading/trailing '/'")
+        return v
 
 
 class Settings(Section):

@@ -53,6 +53,9 @@ WARN_EVERY_SECONDS = 10.0  # a flood of bad commands gives one log line per kind
 LOCK_ACTIONS = ("LOCK", "UNLOCK", "OPEN")
 LOCK_STATES = ("LOCKED", "UNLOCKED", "LOCKING", "UNLOCKING", "OPEN", "OPENING", "JAMMED")
 ONLINE, OFFLINE = "online", "offline"
+# Home Assistant's "online" makes the bridge send discovery and states again, at most this often: a
+# flood of "online" (any client may publish it) must not keep the door events waiting behind them.
+REDISCOVERY_SECONDS = 5.0
 
 
 class CommandHandler(Protocol):
@@ -308,6 +311,9 @@ class MqttBridge:
         self._bucket = _TokenBucket(settings.commands_per_minute)
         self._code: Any = None
         self._warned: dict[str, tuple[int, float]] = {}  # kind -> (suppressed since, last logged)
+        self._answered = False   # this connection attempt got a CONNACK (see _on_disconnect)
+        self._rediscover_at: float | None = None   # monotonic time to send discovery again (HA came online)
+        self._rediscovered = -REDISCOVERY_SECONDS
 
     # -- public state
 
@@ -341,6 +347,10 @@ class MqttBridge:
             log.error("MQTT: cannot read the command code (mqtt.code_file / mqtt.code_env): %s; "
                       "remote lock commands will all be refused until this is fixed", exc)
             self._code = _NO_CODE
+        if not code_configured(self.settings):
+            log.warning("MQTT: no mqtt.code_file or mqtt.code_env: UNLOCK and OPEN on %s are obeyed from any "
+                        "client the broker lets publish there; set a code, or limit publishing to that topic "
+                        "with the broker's ACL", self.topics.lock_command)
         self._running = True
         self._closing = False
         self._bus.subscribe(self.on_event)
@@ -453,11 +463,26 @@ class MqttBridge:
             self._queue.append(msg)
             self._cond.notify_all()
 
+    def _rediscover(self) -> None:
+        """Called with the lock held: queue discovery and states again if Home Assistant asked and it is time."""
+        now = time.monotonic()
+        if self._rediscover_at is None or now < self._rediscover_at:
+            return
+        self._rediscover_at, self._rediscovered = None, now
+        # Replace what is still waiting: repeated "online" must not grow the queue.
+        fresh = self._discovery() + list(self._last_state.values())
+        topics = {m.topic for m in fresh}
+        kept = [m for m in self._control if m.topic not in topics]
+        self._control.clear()
+        self._control.extend(kept + fresh)
+
     def _send_loop(self) -> None:
         while True:
             with self._cond:
+                self._rediscover()
                 while not self._closing and not (self._connected and (self._control or self._queue)):
                     self._cond.wait(0.5)
+                    self._rediscover()
                 if self._closing:
                     return
                 msg = self._control.popleft() if self._control else self._queue.popleft()
@@ -501,6 +526,7 @@ class MqttBridge:
             self._cond.notify_all()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._answered = True   # a CONNACK came, refusing or not
         if reason_code.is_failure:
             self._connected = False
             # Not a tight loop: paho's next try waits refused_retry_seconds (reconnect_delay_set resets the wait).
@@ -552,6 +578,15 @@ class MqttBridge:
                 self._last_error = f"connection lost: {reason_code}"
                 log.warning("MQTT: connection to %s:%d lost (%s); reconnecting, events are kept",
                             self.settings.host, self.settings.port, reason_code)
+        elif not self._closing and not self._answered:
+            # The broker hung up before answering: TLS on one side only, another service on the
+            # port, or a topic the broker refuses.  `lock mqtt-test` tells which.
+            tls = ("mqtt.tls.enabled is false: is this a TLS port (usually 8883)?" if not self.settings.tls.enabled
+                   else "is this a plain (non-TLS) port, usually 1883?")
+            self._fail(f"{self.settings.host}:{self.settings.port} closed the connection without an MQTT answer "
+                       f"({reason_code}): {tls} (check mqtt.port and mqtt.tls.enabled; `lock mqtt-test` says more); "
+                       "retrying with backoff, events are kept")
+        self._answered = False
 
     def _fail(self, message: str) -> None:
         if message != self._last_error:
@@ -570,15 +605,11 @@ class MqttBridge:
         topic = message.topic
         if topic == self.topics.ha_status:
             if message.payload == ONLINE.encode():
-                log.info("MQTT: Home Assistant is online, sending discovery again")
-                with self._cond:
-                    # Replace what is still waiting: a flood of "online" must not grow the queue.
-                    fresh = self._discovery() + list(self._last_state.values())
-                    topics = {m.topic for m in fresh}
-                    kept = [m for m in self._control if m.topic not in topics]
-                    self._control.clear()
-                    self._control.extend(kept + fresh)
-                    self._cond.notify_all()
+                with self._cond:   # the sender does it, at most every REDISCOVERY_SECONDS
+                    if self._rediscover_at is None:
+                        log.info("MQTT: Home Assistant is online, sending discovery again")
+                        self._rediscover_at = max(time.monotonic(), self._rediscovered + REDISCOVERY_SECONDS)
+                        self._cond.notify_all()
             return
         if topic not in (self.topics.lock_command, self.topics.switch_command):
             return

@@ -40,6 +40,8 @@ def test_config_yaml_lists_every_setting_with_its_default():
     ({"door": {"unlock_seconds": "long"}}, "door.unlock_seconds"),
     ({"match": {"threshold": 3}}, "match.threshold"),
     ({"mqtt": {"port": 70000}}, "mqtt.port"),
+    ({"mqtt": {"base_topic": "door/+"}}, "mqtt.base_topic"),
+    ({"mqtt": {"discovery_prefix": "homeassistant/"}}, "mqtt.discovery_prefix"),
     ({"mqtt": {"tls": {"verify": "maybe"}}}, "mqtt.tls.verify"),
     ({"vision": {"thresholds": [0.6, 0.7]}}, "vision.thresholds"),
     ({"vision": {"thresholds": [0.6, 0.7, 1.5]}}, "vision.thresholds"),

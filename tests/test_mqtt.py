@@ -156,6 +156,39 @@ def test_discovery_resent_when_home_assistant_comes_online(mqtt_broker, mqtt_sub
     sub.wait_until(lambda c: len(c.messages) == 2)
 
 
+def test_a_flood_of_online_does_not_hold_back_events(mqtt_broker, mqtt_subscriber, make_bridge, bus_events):
+    """Any client may publish "online": discovery goes out again at most every REDISCOVERY_SECONDS."""
+    from lock.mqtt import REDISCOVERY_SECONDS
+    bus, _ = bus_events
+    make_bridge(mqtt_broker.settings())
+    disc = mqtt_subscriber(mqtt_broker, "homeassistant/lock/#")
+    got = mqtt_subscriber(mqtt_broker, "face_lock/event")
+    disc.wait_until(lambda c: len(c.messages) == 1)
+    flooder = mqtt_subscriber(mqtt_broker, "nothing/here")
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            for _ in range(200):
+                flooder.client.publish("homeassistant/status", "online", qos=0)
+            time.sleep(0.01)
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        for k in range(5):
+            bus.publish(Event(events.EXIT_BUTTON, time=float(k)))
+        got.wait_for("face_lock/event", 5, timeout=10)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        t.join()
+    assert took < 3.0
+    flood_seconds = time.monotonic() - started + 0.5
+    assert len(disc.messages) <= 2 + flood_seconds / REDISCOVERY_SECONDS, len(disc.messages)
+
+
 def test_events_keep_original_time_and_hide_scores(mqtt_broker, mqtt_subscriber, make_bridge, bus_events):
     bus, _ = bus_events
     make_bridge(mqtt_broker.settings())
@@ -394,9 +427,17 @@ def test_tls_client_certificate_when_the_broker_requires_one(mqtt_broker_factory
     assert not bad.connected and "mqtt.tls.cert_file" in bad.last_error and "absent.pem" in bad.last_error
 
 
-def test_plain_client_gets_nothing_from_a_tls_listener(tls_broker, make_bridge):
+def test_plain_client_gets_nothing_from_a_tls_listener(tls_broker, make_bridge, caplog):
     ok, why = check(tls_broker.settings())
     assert not ok and "without an MQTT answer" in why and "mqtt.tls.enabled" in why, why
+    # the daemon's bridge says so in its log too (once), instead of retrying in silence
+    with caplog.at_level("ERROR", logger="lock.mqtt"):
+        bridge = make_bridge(tls_broker.settings(retry_max_seconds=1), start=False)
+        bridge.start()
+        wait(lambda: bridge.last_error is not None and "without an MQTT answer" in bridge.last_error)
+        time.sleep(2.5)   # more tries
+    said = [r.getMessage() for r in caplog.records if "without an MQTT answer" in r.getMessage()]
+    assert len(said) == 1 and "mqtt.tls.enabled" in said[0] and not bridge.connected
 
 
 def test_check_reports_plainly(mqtt_broker, tmp_path):
