@@ -20,7 +20,15 @@ Topics (``<base>`` is ``mqtt.base_topic``)::
 Delivery: the bus callback only appends to a bounded queue; one sender thread
 hands one message at a time (QoS 1) to paho while connected and removes it
 only once the broker acknowledged it (PUBACK), so events raised while the
-broker is away are delivered in order, with their original time, afterwards.
+broker is away are delivered in order, with their original time, afterwards;
+door events are also marked in the audit log once acknowledged, and a new run
+sends the unmarked ones first (:class:`Outbox`).
+
+MQTT 5, for two properties 3.1.1 lacks: Maximum Packet Size (the broker drops
+what is larger than MAX_PACKET_BYTES instead of sending it) and Retain As
+Published on the command topics (a retained command shows its flag on live
+delivery too, and is never obeyed).  See the MQTT 5.0 spec, 3.1.2.11.4 and
+3.8.3.1 (https://docs.oasis-open.org/mqtt/mqtt/v5.0/mqtt-v5.0.html).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ from typing import Any, Callable, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lock import __version__, events
 from lock.config import MQTTSettings
@@ -49,6 +60,8 @@ from lock.events import Event, EventBus
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 1024
+# MQTT 5 Maximum Packet Size the lock accepts: discovery it sends is a few kB; a command is under 1 KiB.
+MAX_PACKET_BYTES = 64 * 1024
 WARN_EVERY_SECONDS = 10.0  # a flood of bad commands gives one log line per kind per 10 s, not one each
 LOCK_ACTIONS = ("LOCK", "UNLOCK", "OPEN")
 LOCK_STATES = ("LOCKED", "UNLOCKED", "LOCKING", "UNLOCKING", "OPEN", "OPENING", "JAMMED")
@@ -195,8 +208,7 @@ def read_code(settings: MQTTSettings) -> str | None:
 
 def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
     """A configured paho client; reads the password and TLS files (raises OSError/ssl.SSLError)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                         protocol=paho.MQTTv311, clean_session=True)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, read_password(settings))
     elif settings.password_file:
@@ -222,6 +234,14 @@ def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
     if will:
         client.will_set(Topics.of(settings).availability, OFFLINE, qos=1, retain=True)
     return client
+
+
+def _connect_properties() -> Properties:
+    """MQTT 5 CONNECT properties: the broker sends the lock nothing larger than MAX_PACKET_BYTES
+    (it drops such a message for this client), so no publisher can make the daemon read megabytes."""
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    return props
 
 
 def _json_default(value: Any) -> Any:
@@ -370,7 +390,8 @@ class MqttBridge:
         client.reconnect_delay_set(1, self.settings.retry_max_seconds)
         self._client = client
         log.info("MQTT: connecting to %s:%d in the background", self.settings.host, self.settings.port)
-        client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive)
+        client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
+                             clean_start=True, properties=_connect_properties())
         client.loop_start()
 
     def stop(self, flush_seconds: float = 2.0) -> None:
@@ -537,8 +558,11 @@ class MqttBridge:
             return
         client.reconnect_delay_set(1, self.settings.retry_max_seconds)
         self._last_error = None
-        client.subscribe([(self.topics.lock_command, 1), (self.topics.switch_command, 1),
-                          (self.topics.ha_status, 1)])
+        # Retain As Published: a command published with the retain flag keeps it when delivered live
+        # too (MQTT 3.1.1 cleared it), so a retained command is never acted on, live or replayed.
+        rap = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe([(self.topics.lock_command, rap), (self.topics.switch_command, rap),
+                          (self.topics.ha_status, SubscribeOptions(qos=1))])
         with self._cond:
             self._control.clear()
             self._control.append(_Message(self.topics.availability, ONLINE, retain=True))
@@ -616,8 +640,8 @@ class MqttBridge:
         if not message.payload:  # an empty message: a retained command being cleared (below)
             return
         if message.retain:
-            # Only a stored (retained) command replayed at (re)connect has the flag set (MQTT 3.1.1
-            # clears it on live delivery): never act on it, and clear it so it is not replayed again.
+            # A retained command, replayed at (re)connect or published live with the flag (Retain As
+            # Published, above): never act on it, and clear it so it is not replayed again.
             self._warn("retained", "MQTT: ignored and cleared a retained command on %s (commands must never "
                        "be retained)", topic)
             self._enqueue(_Message(topic, b"", retain=True, coalesce=True))
@@ -728,7 +752,8 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive)
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive, clean_start=True,
+                       properties=_connect_properties())
     except ssl.SSLError as exc:
         return False, f"TLS with {where} failed: {exc} (check mqtt.tls: ca_file, cert_file, key_file)"
     except OSError as exc:

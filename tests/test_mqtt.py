@@ -11,7 +11,7 @@ import pytest
 
 from lock import events
 from lock.events import Event, EventBus
-from lock.mqtt import MqttBridge, Topics, check, discovery_messages
+from lock.mqtt import MAX_COMMAND_BYTES, MqttBridge, Topics, check, discovery_messages
 from tests.plugins.broker import make_test_ca
 
 
@@ -240,6 +240,40 @@ def test_retained_unlock_is_ignored(mqtt_broker, mqtt_subscriber, make_bridge):
     wait(lambda: handler.calls)
     time.sleep(0.2)
     assert handler.calls == [("lock", "mqtt")]
+
+
+def test_a_retained_unlock_published_while_connected_is_not_obeyed_either(mqtt_broker, mqtt_subscriber,
+                                                                          make_bridge):
+    """MQTT 5 Retain As Published: the flag reaches the lock on live delivery too; the command is cleared."""
+    handler = RecordingHandler()
+    make_bridge(mqtt_broker.settings(), handler)
+    sub = mqtt_subscriber(mqtt_broker, "face_lock/lock/set")
+    sub.publish("face_lock/lock/set", "UNLOCK", retain=True)
+    sub.wait_until(lambda c: c.payloads("face_lock/lock/set")[-1:] == [b""])   # cleared by the lock
+    sub.publish("face_lock/lock/set", "LOCK")
+    wait(lambda: handler.calls)
+    time.sleep(0.2)
+    assert handler.calls == [("lock", "mqtt")]
+    late = mqtt_subscriber(mqtt_broker, "face_lock/lock/set")   # nothing retained is left on the broker
+    time.sleep(0.5)
+    assert late.on("face_lock/lock/set") == []
+
+
+def test_a_huge_message_never_reaches_the_lock(mqtt_broker, mqtt_subscriber, make_bridge, caplog):
+    """The lock's MQTT 5 Maximum Packet Size: the broker drops an 8 MB command instead of sending it."""
+    from lock.mqtt import MAX_PACKET_BYTES
+    handler = RecordingHandler()
+    bridge = make_bridge(mqtt_broker.settings(), handler)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    with caplog.at_level("WARNING", logger="lock.mqtt"):
+        sub.publish("face_lock/lock/set", b"U" * (8 << 20))
+        sub.publish("face_lock/lock/set", "U" * (MAX_COMMAND_BYTES + 1))   # small enough to arrive: refused
+        sub.publish("face_lock/lock/set", "LOCK")
+        wait(lambda: handler.calls)
+        time.sleep(0.3)
+    assert handler.calls == [("lock", "mqtt")] and bridge.connected
+    sizes = [r.getMessage() for r in caplog.records if "-byte command" in r.getMessage()]
+    assert len(sizes) == 1 and f"{MAX_COMMAND_BYTES + 1}-byte" in sizes[0], sizes   # the 8 MB never came
 
 
 def test_code_is_required_when_configured(mqtt_broker, mqtt_subscriber, make_bridge, bus_events, monkeypatch):
