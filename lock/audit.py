@@ -123,6 +123,7 @@ class AuditLog:
                         conn.execute("UPDATE events SET mqtt_sent = 1 WHERE kind IN (%s)"
                                      % ",".join("?" * len(DOOR_EVENTS)), DOOR_EVENTS)
             conn.execute("CREATE INDEX IF NOT EXISTS events_unsent ON events (mqtt_sent) WHERE mqtt_sent = 0")
+            conn.execute("CREATE INDEX IF NOT EXISTS events_uid ON events (uid)")
             conn.commit()
         except BaseException:
             conn.close()

@@ -94,7 +94,8 @@ class MatchSettings(Section):
     margin: float = Field(0.05, ge=0, lt=2, description="lead over the runner-up a vote needs")
 
 
-# While every face in view is decided, the daemon detects only this often (lock/daemon.py).
+# While every face in view is decided, the daemon detects only this often, or a third of
+# decide.track_timeout_seconds if that is shorter (lock/daemon.py).
 DECIDED_DETECT_SECONDS = 0.5
 
 
@@ -105,9 +106,9 @@ class DecideSettings(Section):
     # comes near zero, and no 'unknown' is ever said: the lockout would be off in all but name.
     unknown_after: int = Field(4, ge=1, le=200, description="embedded frames without an accept before 'unknown'")
     track_iou: float = Field(0.3, gt=0, lt=1)
-    # Above DECIDED_DETECT_SECONDS, else a decided person's track would end between two detections
-    # and they would be decided (and let in) again and again while standing at the door.
-    track_timeout_seconds: float = Field(1.5, gt=DECIDED_DETECT_SECONDS)
+    # At least three frame intervals (checked against camera.fps below): else a face would lose its
+    # track between two frames, and a person standing at the door be decided (let in) again and again.
+    track_timeout_seconds: float = Field(1.5, gt=0)
     lockout_after: int = Field(5, ge=1, description="unknown faces within lockout_window_seconds (unknown_after embedded frames of faces that left undecided weigh one)")
     lockout_window_seconds: float = Field(120.0, gt=0)
     lockout_seconds: float = Field(60.0, gt=0)
@@ -208,10 +209,10 @@ class MQTTSettings(Section):
     @field_validator("base_topic", "discovery_prefix")
     @classmethod
     def _plain_topic(cls, v: str) -> str:
-        # A wildcard or an empty level makes the broker refuse the last will, and so every connection.
-        if not v or any(c in v for c in "+#\0") or "" in v.split("/"):
-            raise ValueError(f"{v!r} is not a topic the lock can publish to: no '+', '#', empty levels "
-                             "or leading/trailing '/'")
+        # A wildcard makes the broker refuse the last will, and so every connection.
+        if not v.strip("/") or any(c in v for c in "+#\0"):
+            raise ValueError(f"{v!r} is not a topic the lock can publish under: it must not be empty or "
+                             "hold '+', '#' or NUL")
         return v
 
 
@@ -228,6 +229,14 @@ class Settings(Section):
     control: ControlSettings = ControlSettings()
     mqtt: MQTTSettings = MQTTSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _tracks_outlive_frames(self) -> "Settings":
+        least = 3.0 / self.camera.fps
+        if self.decide.track_timeout_seconds < least:
+            raise ValueError(f"decide.track_timeout_seconds ({self.decide.track_timeout_seconds:g}) must be at "
+                             f"least three frame intervals at camera.fps {self.camera.fps:g} ({least:.2f} s)")
+        return self
 
 
 def _describe(err: dict) -> str:

@@ -366,7 +366,8 @@ class Daemon:
         changed = self.gate.changed(image)
         since = now - self._last_detect
         if self._last_faces > 0:
-            run = not self._all_decided or since >= config_mod.DECIDED_DETECT_SECONDS
+            every = min(config_mod.DECIDED_DETECT_SECONDS, s.decide.track_timeout_seconds / 3)
+            run = not self._all_decided or since >= every
         else:
             run = changed or since >= s.idle.detect_every_seconds
         if not run:

@@ -120,7 +120,8 @@ class Decider:
         self._local_time = local_time
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
-        self._unknowns: collections.deque[tuple[float, float]] = collections.deque()  # (time, weight) of unknowns
+        # (time, weight, person) of unknowns; person: who every vote of an ended partial track was for
+        self._unknowns: collections.deque[tuple[float, float, str | None]] = collections.deque()
         self._last_unknown: float | None = None
         self._lockout_until: float | None = None
         self._lockout_level = 0      # lockouts since the last reset; the next lasts base * 2**level
@@ -147,10 +148,11 @@ class Decider:
             del self._tracks[track.id]
             if track.decision is None and track.embedded:
                 weight = track.embedded / s.unknown_after
+                voted_for = next(iter(track.votes)) if len(track.votes) == 1 else None
                 log.info("track %d ended undecided after %d embedded frame(s) (%d with a vote): %.2f of an "
                          "unknown towards the lockout", track.id, track.embedded,
                          sum(len(v) for v in track.votes.values()), weight)
-                self._ended += self._count_unknown(now, weight)
+                self._ended += self._count_unknown(now, weight, voted_for)
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         tracks = list(self._tracks.values())
@@ -230,6 +232,8 @@ class Decider:
             return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,
                                                  reason="schedule"))
         self._lockout_level = 0
+        # Their own broken tracks just before (one frame, then looking down for the keys) were them.
+        self._unknowns = collections.deque(u for u in self._unknowns if u[2] != person)
         return self._decide(track, Event.now(RECOGNIZED, person, clock=self._wall, private=private))
 
     def _unknown(self, track: _Track, now: float) -> list[Event]:
@@ -246,15 +250,15 @@ class Decider:
         return events
 
     def _recent_unknowns(self, now: float) -> float:
-        return sum(w for t, w in self._unknowns if now - t <= self.settings.lockout_window_seconds)
+        return sum(w for t, w, _ in self._unknowns if now - t <= self.settings.lockout_window_seconds)
 
-    def _count_unknown(self, now: float, weight: float = 1.0) -> list[Event]:
+    def _count_unknown(self, now: float, weight: float = 1.0, person: str | None = None) -> list[Event]:
         """One more unknown attempt (or ``weight`` of one); the LOCKOUT event if it engages one."""
         s = self.settings
         events: list[Event] = []
         self._lockout_level = self._level(now)
         self._last_unknown = now
-        self._unknowns.append((now, weight))
+        self._unknowns.append((now, weight, person))
         while self._unknowns and now - self._unknowns[0][0] > s.lockout_window_seconds:
             self._unknowns.popleft()
         if self._recent_unknowns(now) >= s.lockout_after - 1e-9:

@@ -221,6 +221,7 @@ class Door:
     def unlock(self, reason: str = "") -> None:
         """Energise the relay for ``unlock_seconds``; a repeated unlock restarts the pulse."""
         events: list[Event] = []
+        error: BaseException | None = None
         with self._lock:
             self._require_open()
             if not self._relay.is_active:
@@ -229,7 +230,7 @@ class Door:
             try:
                 # The timer that ends the pulse is running before the relay is
                 # energised: should it fail to start (no thread can be made),
-                # the relay is left (or put) off and the error goes up.
+                # the relay is left (or put) off, the state says so, and the error goes up.
                 if self._pulse is not None:
                     self._pulse.cancel()
                 pulse = self._pulse = threading.Timer(self.settings.unlock_seconds, self._pulse_over)
@@ -237,12 +238,15 @@ class Door:
                 pulse.daemon = True
                 pulse.start()
                 self._relay.on()
-            except BaseException:
+            except BaseException as exc:
                 self._release("the unlock failed")
-                raise
-            log.info("unlocked for %.1f s (%s)", self.settings.unlock_seconds, reason or "no reason given")
+                error = exc
+            else:
+                log.info("unlocked for %.1f s (%s)", self.settings.unlock_seconds, reason or "no reason given")
             events += self._state_changes()
         self._publish(events)
+        if error is not None:
+            raise error
 
     def lock(self) -> None:
         """De-energise the relay now (no-op when it is off or the door is not open)."""

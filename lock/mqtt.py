@@ -321,7 +321,8 @@ class MqttBridge:
         self._queue: collections.deque[_Message] = collections.deque()
         self._control: collections.deque[_Message] = collections.deque()  # after each connect, sent first
         self._last_state: dict[str, _Message] = {}  # retained states, re-sent after each connect
-        self._acked: set[int] = set()
+        self._acked: dict[int, Any] = {}   # mid -> the PUBACK's reason code
+        self._inflight: _Message | None = None   # handed to paho, PUBACK not in yet
         self._connected = False
         self._running = False
         self._closing = False
@@ -401,7 +402,8 @@ class MqttBridge:
         self._bus.unsubscribe(self.on_event)
         deadline = time.monotonic() + flush_seconds
         with self._cond:
-            while self._connected and (self._queue or self._control) and time.monotonic() < deadline:
+            while (self._connected and (self._queue or self._control or self._inflight)
+                   and time.monotonic() < deadline):
                 self._cond.wait(0.05)
             self._running = False
             self._closing = True
@@ -469,6 +471,8 @@ class MqttBridge:
 
     def _enqueue(self, msg: _Message) -> None:
         with self._cond:
+            if msg.uid and any(m.uid == msg.uid for m in self._queue):
+                return   # already queued (from the outbox at start)
             if msg.retain:
                 self._last_state[msg.topic] = msg
             if msg.coalesce:
@@ -508,21 +512,26 @@ class MqttBridge:
                     return
                 msg = self._control.popleft() if self._control else self._queue.popleft()
                 self._acked.clear()
+                self._inflight = msg
             try:
                 outcome = self._deliver(msg)
             except Exception:  # e.g. a topic paho rejects: drop that message, keep the sender alive
                 log.exception("MQTT: cannot publish to %s; message dropped", msg.topic)
-                continue
-            if outcome == "retry":
-                with self._cond:  # not handed over: put it back at the front, keep the order
-                    self._queue.appendleft(msg)
-                time.sleep(0.2)
-            elif outcome == "acked" and msg.uid and self._outbox is not None:
+                outcome = "dropped"
+            if outcome == "acked" and msg.uid and self._outbox is not None:
                 self._outbox.mark_sent(msg.uid)
+            with self._cond:
+                self._inflight = None
+                if outcome == "retry":   # not handed over: put it back at the front, keep the order
+                    self._queue.appendleft(msg)
+                self._cond.notify_all()
+            if outcome == "retry":
+                time.sleep(0.2)
 
     def _deliver(self, msg: _Message) -> str:
-        """Hand one message to paho and wait for its PUBACK: "acked"; "retry" if paho did not take
-        it; "dropped" if paho refused it; "closing" if the bridge stopped before the PUBACK came."""
+        """Hand one message to paho and wait for its PUBACK: "acked"; "refused" if the PUBACK says the
+        broker refused it; "retry" if paho did not take it; "dropped" if paho refused it; "closing"
+        if the bridge stopped before the PUBACK came."""
         client = self._client
         if client is None:
             return "retry"
@@ -534,16 +543,21 @@ class MqttBridge:
         with self._cond:
             while info.mid not in self._acked and not self._closing:
                 self._cond.wait(0.5)
-            acked = info.mid in self._acked
-            self._acked.discard(info.mid)
+            code = self._acked.pop(info.mid, None)
             self._cond.notify_all()
-        return "acked" if acked else "closing"
+        if code is None:
+            return "closing"
+        if code.is_failure:   # MQTT 5: the broker took the message but refused it (its ACL, say)
+            self._warn("puback", "MQTT: the broker refused the message on %s: %s (check its ACL for the lock's "
+                       "user); not delivered", msg.topic, code)
+            return "refused"
+        return "acked"
 
     # -- paho callbacks (network thread)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cond:
-            self._acked.add(mid)
+            self._acked[mid] = reason_code
             self._cond.notify_all()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -552,9 +566,12 @@ class MqttBridge:
             self._connected = False
             # Not a tight loop: paho's next try waits refused_retry_seconds (reconnect_delay_set resets the wait).
             client.reconnect_delay_set(self.settings.refused_retry_seconds, self.settings.refused_retry_seconds)
+            hint = ("the lock speaks MQTT 5: the broker must too (mosquitto 1.6 or later)"
+                    if "protocol version" in str(reason_code).lower()
+                    else "check mqtt.username and the password, and the broker's ACL")
             self._fail(f"broker {self.settings.host}:{self.settings.port} refused the connection: "
-                       f"{reason_code} (reason code {reason_code.value}); check mqtt.username and the password, "
-                       f"and the broker's ACL; next try in {self.settings.refused_retry_seconds} s")
+                       f"{reason_code} (reason code {reason_code.value}); {hint}; "
+                       f"next try in {self.settings.refused_retry_seconds} s")
             return
         client.reconnect_delay_set(1, self.settings.retry_max_seconds)
         self._last_error = None
@@ -768,6 +785,8 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
                    else "is this a plain (non-TLS) port, usually 1883?")
             return False, (f"{where} closed the connection without an MQTT answer: {tls} "
                            "(check mqtt.port and mqtt.tls.enabled)")
+        if rc.is_failure and "protocol version" in str(rc).lower():
+            return False, f"{where} refused the connection: {rc}: the lock speaks MQTT 5 (mosquitto 1.6 or later)"
         if rc.is_failure:
             return False, f"{where} refused the connection: {rc} (check mqtt.username, the password and ACLs)"
         who = f" as {settings.username}" if settings.username else ""

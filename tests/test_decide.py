@@ -327,6 +327,19 @@ def test_a_track_never_embedded_does_not_count_one_that_won_a_vote_does():
     assert kinds(d.ended_events()) == ["lockout"] and d.locked_out(190.0)
 
 
+def test_a_residents_own_broken_tracks_are_forgiven_when_they_are_let_in():
+    d = make(lockout_after=5, unknown_after=4)
+    d.observe(np.empty((0, 4)), 10.0)
+    feed(d, [RESIDENT, STRANGER], start=20.0)          # one winning frame, then looks down for the keys
+    d.observe(np.empty((0, 4)), 30.0)
+    stranger_walks_away(d, 60.0, 2)                     # someone else, meanwhile
+    assert d.status(71.0)["recent_unknowns"] == 1.0
+    d.observe(np.empty((0, 4)), 80.0)
+    _, events = feed(d, [RESIDENT, RESIDENT], start=90.0)
+    assert kinds(events) == ["recognized"]
+    assert d.status(91.0)["recent_unknowns"] == 0.5    # the resident's 0.5 is gone, the stranger's stays
+
+
 def test_a_lookalike_retrying_one_vote_at_a_time_is_locked_out():
     """Defaults: attempts of 3 frames that each win one vote, then step away, engage the lockout."""
     d = make()

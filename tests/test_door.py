@@ -116,6 +116,8 @@ def test_an_unlock_whose_pulse_timer_cannot_start_leaves_the_relay_off(factory, 
         door.unlock()                         # and the next unlock works
         assert factory.pin(RELAY).state is True
         door.lock()
+    published = [state for kind, d in summary(events) if kind == "lock_state" for state in [d["state"]]]
+    assert published == ["LOCKED"] + ["UNLOCKED", "LOCKED"] * (2 if during_pulse else 1), published
 
 
 def test_active_low_relay_inverts_levels(factory, events):

@@ -98,7 +98,7 @@ class Broker:
     host = "127.0.0.1"
 
     def __init__(self, directory: Path, users: dict[str, str] | None = None, persistent: bool = False,
-                 tls: dict[str, Path] | None = None) -> None:
+                 tls: dict[str, Path] | None = None, acl: str | None = None) -> None:
         self.directory = directory
         self.port = _free_port()
         self.users = dict(users or {})
@@ -122,6 +122,9 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {passwd}"]
         else:
             lines.append("allow_anonymous true")
+        if acl is not None:  # mosquitto acl_file text: what clients may read and write
+            (directory / "acl").write_text(acl)
+            lines.append(f"acl_file {directory / 'acl'}")
         self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen | None = None
 
@@ -255,8 +258,8 @@ def mqtt_broker_factory(tmp_path_factory):
     brokers: list[Broker] = []
 
     def make(users: dict[str, str] | None = None, persistent: bool = False,
-             tls: dict[str, Path] | None = None) -> Broker:
-        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users, persistent, tls)
+             tls: dict[str, Path] | None = None, acl: str | None = None) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), users, persistent, tls, acl)
         brokers.append(broker)
         broker.start()
         return broker
