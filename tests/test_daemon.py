@@ -352,3 +352,18 @@ def test_after_a_recording_ends_the_loop_waits_instead_of_spinning(tmp_path):
         d.stop_event.set()
         t.join(10)
         d.close()
+
+
+def test_a_person_standing_still_is_let_in_once_with_a_short_track_timeout(tmp_path, pipe, people):
+    """Decided faces are looked at every third of decide.track_timeout_seconds when that is under 0.5 s:
+    at 0.55 s (6 fps), looking only twice a second let the track lapse between looks, and the person
+    standing at the door was let in again and again."""
+    a = people["a"]
+    walk = scenario.walk(people["val"][a][0], 12)
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3) + walk + [walk[-1]] * 30)
+    s = scenario.settings(tmp_path, frames, decide={"track_timeout_seconds": 0.55})
+    enroll(pipe, s, a, people["train"][a][:6])
+    d = Daemon(s, pin_factory=MockFactory())
+    with Running(d) as run:
+        run.wait()
+        assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a]
