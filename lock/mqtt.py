@@ -430,7 +430,7 @@ class MqttBridge:
         t = self.topics
         kind = event.kind
         if kind in events.DOOR_EVENTS:
-            self._enqueue(_Message(t.event, _dumps(event.public_dict(self.settings.publish_scores)), uid=event.uid))
+            self._enqueue(self._event_message(event))
             if kind == events.RECOGNIZED and event.person:
                 self._enqueue(_Message(t.last_person, event.person, retain=True, coalesce=True))
         elif kind == events.LOCK_STATE:
@@ -452,6 +452,10 @@ class MqttBridge:
             if self.settings.unknown_image and isinstance(jpeg, (bytes, bytearray)):
                 self._enqueue(_Message(t.image, bytes(jpeg), coalesce=True))
 
+    def _event_message(self, event: Event) -> _Message:
+        """A door event for Home Assistant's event entity, carrying its uid for the outbox."""
+        return _Message(self.topics.event, _dumps(event.public_dict(self.settings.publish_scores)), uid=event.uid)
+
     def _requeue_unsent(self) -> None:
         """Door events an earlier run raised but the broker never acknowledged go first, in order."""
         if self._outbox is None:
@@ -459,8 +463,7 @@ class MqttBridge:
         old = self._outbox.unsent(self._clock() - OUTBOX_MAX_AGE_SECONDS, self.settings.queue_size)
         with self._cond:
             queued = {m.uid for m in self._queue if m.uid}
-            msgs = [_Message(self.topics.event, _dumps(e.public_dict(self.settings.publish_scores)), uid=e.uid)
-                    for e in old if e.uid not in queued]
+            msgs = [self._event_message(e) for e in old if e.uid not in queued]
             self._queue.extendleft(reversed(msgs))
             while len(self._queue) > self.settings.queue_size:
                 self._queue.popleft()
