@@ -196,6 +196,10 @@ class MQTTSettings(Section):
     device_name: str = "Front door"
     code_file: PathStr | None = Field(None, description="file holding the code remote commands must carry")
     code_env: str | None = Field(None, description="environment variable holding that code")
+    allow_no_code: bool = Field(False, description="true: with neither code_file nor code_env, UNLOCK and OPEN "
+                                "are obeyed from whoever may publish (the broker's ACL alone decides)")
+    remote_face_unlock_on: bool = Field(True, description="false: the face unlock switch can be turned off "
+                                        "remotely but only back on at the device (lock face-unlock on)")
     publish_scores: bool = False
     unknown_image: bool = False
     queue_size: int = Field(1000, ge=1)
@@ -214,6 +218,16 @@ class MQTTSettings(Section):
             raise ValueError(f"{v!r} is not a topic the lock can publish under: it must not be empty or "
                              "hold '+', '#' or NUL")
         return v
+
+    @model_validator(mode="after")
+    def _code_or_consent(self) -> "MQTTSettings":
+        # A line lost from the file (a cut-off write, an edit) must not quietly open the door to anyone
+        # who can publish: no code is a choice the file has to state.
+        if self.enabled and not (self.code_file or self.code_env or self.allow_no_code):
+            raise ValueError("mqtt.enabled is true but neither mqtt.code_file nor mqtt.code_env is set: give "
+                             "the code remote UNLOCK/OPEN must carry, or set mqtt.allow_no_code: true if the "
+                             "broker's ACL alone should decide who may unlock")
+        return self
 
 
 class Settings(Section):
@@ -330,12 +344,33 @@ def _read(path: str | os.PathLike | None) -> tuple[Path, object]:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
 
 
+# Keys a config file must state itself: their defaults are right for some installations and
+# dangerous for others (a relay board that switches on a low level, driven "off" with a high default,
+# is held open), so a file cut short or a section lost in an edit is refused, not filled in.
+REQUIRED_KEYS = (("door", "relay_pin"), ("door", "relay_active_high"))
+
+
+def _require_explicit(p: Path, data: object) -> None:
+    if data is None:
+        raise ConfigError(f"{p}: the configuration file is empty (copy config.yaml from the project and edit it)")
+    if not isinstance(data, dict):
+        return  # parse() names the problem
+    missing = [".".join(k) for k in REQUIRED_KEYS
+               if not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]]
+    if missing:
+        raise ConfigError(f"{p}: {', '.join(missing)} not set: the file must say which pin drives the relay and "
+                          "whether the relay board switches on a high (true) or low (false) level; a file "
+                          "without them may have been cut short, and a wrong guess holds the door open")
+
+
 def load(path: str | os.PathLike | None = None) -> Settings:
     """Read and validate a config file; errors name the file and the key path."""
     p, data = _read(path)
     if isinstance(data, dict):
         _paths_from(data, p.resolve().parent)
-    return parse(data, str(p))
+    settings = parse(data, str(p))
+    _require_explicit(p, data)
+    return settings
 
 
 def load_door(path: str | os.PathLike | None = None) -> DoorSettings:
@@ -347,10 +382,12 @@ def load_door(path: str | os.PathLike | None = None) -> DoorSettings:
     p, data = _read(path)
     door = data.get("door") if isinstance(data, dict) else None
     try:
-        return DoorSettings.model_validate({} if door is None else door)
+        settings = DoorSettings.model_validate({} if door is None else door)
     except ValidationError as exc:
         lines = [_describe({**e, "loc": ("door", *e["loc"])}) for e in exc.errors()]
         raise ConfigError(f"{p}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+    _require_explicit(p, data)
+    return settings
 
 
 # Settings that name a file or folder: a relative one is taken from the config file's folder

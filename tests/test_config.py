@@ -68,7 +68,7 @@ def test_forgiving_where_the_meaning_is_plain(tmp_path, monkeypatch):
     s = config.parse({"camera": {"device": 0}, "gallery": {"path": "~/gallery.db"}, "mqtt": None}, "t.yaml")
     assert s.camera.device == "0" and s.gallery.path == str(tmp_path / "gallery.db")
     assert s.mqtt == config.MQTTSettings()    # a section with every key commented out: its defaults
-    s = config.parse({"mqtt": {"enabled": True, "tls": None}}, "t.yaml")
+    s = config.parse({"mqtt": {"enabled": True, "tls": None, "code_env": "LOCK_CODE"}}, "t.yaml")
     assert s.mqtt.enabled and s.mqtt.tls == config.TLSSettings()
 
 
@@ -121,10 +121,39 @@ def test_missing_config_file_is_named(tmp_path):
 def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path, monkeypatch):
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "config.yaml").write_text("gallery:\n  path: data/gallery.db\nmqtt:\n  tls:\n    ca_file: ca.pem\n"
+    (etc / "config.yaml").write_text("door:\n  relay_pin: GPIO17\n  relay_active_high: true\n"
+                                     "gallery:\n  path: data/gallery.db\nmqtt:\n  tls:\n    ca_file: ca.pem\n"
                                      "audit:\n  path: /var/tmp/audit.db\n")
     monkeypatch.chdir(tmp_path)                       # anywhere else
     s = config.load("etc/config.yaml")
     assert s.gallery.path == str(etc / "data" / "gallery.db")
     assert s.mqtt.tls.ca_file == str(etc / "ca.pem")
     assert s.audit.path == "/var/tmp/audit.db"       # absolute: as written
+
+
+def test_a_file_cut_short_is_refused_not_filled_in_with_defaults(tmp_path):
+    """A config file cut off before the relay's polarity (a write interrupted by a power cut) loaded with
+    relay_active_high: true, and a relay board that switches on a low level was then held open."""
+    text = (REPO_ROOT / "config.yaml").read_text().replace("relay_active_high: true", "relay_active_high: false")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    assert config.load(cfg).door.relay_active_high is False and config.load_door(cfg).relay_active_high is False
+    lines = text.splitlines(keepends=True)
+    polarity = next(i for i, line in enumerate(lines) if "relay_active_high" in line)
+    for cut in (0, polarity - 5, polarity - 1, polarity):       # empty; before door:; between its keys
+        cfg.write_text("".join(lines[:cut]))
+        for loader in (config.load, config.load_door):
+            with pytest.raises(config.ConfigError) as err:
+                loader(cfg)
+            message = str(err.value)
+            assert str(cfg) in message
+            assert ("empty" in message) if cut == 0 else ("door.relay_active_high" in message)
+
+
+def test_mqtt_without_a_code_must_say_so():
+    with pytest.raises(config.ConfigError) as err:
+        config.parse({"mqtt": {"enabled": True}}, "t.yaml")
+    assert "mqtt.allow_no_code" in str(err.value) and "mqtt.code_file" in str(err.value)
+    assert config.parse({"mqtt": {"enabled": True, "allow_no_code": True}}).mqtt.allow_no_code
+    assert config.parse({"mqtt": {"enabled": True, "code_file": "/etc/lock/code"}}).mqtt.code_file
+    assert not config.parse({"mqtt": {"enabled": False}}).mqtt.enabled   # off: nothing to say

@@ -18,7 +18,8 @@ def doctor(cfg, env=None):
 def test_doctor_reports_each_part(tmp_path, photos):
     frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
     s = scenario.settings(tmp_path, frames, camera={"loop": True},
-                          mqtt={"enabled": True, "host": "127.0.0.1", "port": 1, "password_env": None})
+                          mqtt={"enabled": True, "host": "127.0.0.1", "port": 1, "password_env": None,
+                                "allow_no_code": True})
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(s.model_dump()))
     import os
