@@ -98,6 +98,14 @@ class Commands:
         self._d.set_face_unlock(enabled)
 
 
+def door_face(boxes: np.ndarray) -> int | None:
+    """Index of the face at the door: the largest box (the nearest the camera); None if no face."""
+    if len(boxes) == 0:
+        return None
+    wh = boxes[:, 2:4] - boxes[:, 0:2]
+    return int(np.argmax(wh[:, 0] * wh[:, 1]))
+
+
 class Daemon:
     """The running lock.  Constructor does no I/O; :meth:`open` brings everything up.
 
@@ -385,8 +393,11 @@ class Daemon:
             self.bus.publish(e)
             self._save_state()
         self._all_decided = all(not self.decider.needs_embedding(t) for t in track_ids)
+        at_door = door_face(faces.boxes)
         for i, tid in enumerate(track_ids):
-            if not self._face_unlock or not self.decider.needs_embedding(tid):
+            # Only the face at the door decides: an enrolled face further back (a resident passing
+            # behind, a photo on the wall) must not open the door for the stranger standing at it.
+            if i != at_door or not self._face_unlock or not self.decider.needs_embedding(tid):
                 continue
             a = self.pipeline.analyse(image, faces, i)
             match = None

@@ -367,3 +367,53 @@ def test_a_person_standing_still_is_let_in_once_with_a_short_track_timeout(tmp_p
     with Running(d) as run:
         run.wait()
         assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a]
+
+
+def _at(scene: np.ndarray, photo, face_px: float, centre: tuple[float, float]) -> np.ndarray:
+    """``scene`` with ``photo`` pasted so that its face is ``face_px`` tall with its centre at ``centre``."""
+    from lock.imageio import load_image
+    from lock.scenes import paste
+    img = load_image(photo)
+    x1, y1, x2, y2 = scenario.face_box(img)
+    k = face_px / (y2 - y1)
+    return paste(scene, img, img.shape[0] * k, (centre[0] - ((x1 + x2) / 2 - img.shape[1] / 2) * k,
+                                                  centre[1] - ((y1 + y2) / 2 - img.shape[0] / 2) * k))
+
+
+class _NoCamera:
+    healthy = True
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_only_the_face_at_the_door_decides(tmp_path, pipe, people):
+    """A stranger at the door with an enrolled face further back (passing behind, a photo on the wall):
+    every face voted, so the resident's face opened the door for the stranger."""
+    from lock.scenes import background
+    a, stranger = people["a"], people["stranger"]
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    scene = background(scenario.SIZE, 1)
+    behind = _at(scene, people["val"][a][0], 130, (540, 120))          # the resident, small, in a corner
+
+    def let_in(frame) -> list[str]:
+        factory = MockFactory()
+        d = Daemon(s, pin_factory=factory, camera=_NoCamera())
+        d.open()
+        try:
+            assert len(d.pipeline.detect(frame)) == (2 if frame is not behind else 1)
+            raised = [e for k in range(6) for e in d.process(frame, now=1000.0 + 0.2 * k)]
+            return [e.person for e in raised if e.kind == ev.RECOGNIZED]
+        finally:
+            d.close()
+
+    assert let_in(behind) == [a]                        # alone, that small face is let in: it is recognisable
+    stranger_in_front = _at(behind, people["val"][stranger][0], 200, (260, 260))
+    assert let_in(stranger_in_front) == []
+    resident_in_front = _at(_at(scene, people["val"][stranger][0], 130, (540, 120)), people["val"][a][0], 200,
+                            (260, 260))
+    assert let_in(resident_in_front) == [a]             # and the resident at the door, someone behind: let in
