@@ -27,7 +27,7 @@ import numpy as np
 
 from lock import config as config_mod
 from lock import events as ev
-from lock.errors import ControlError, EnrollmentError, LockError
+from lock.errors import ControlError, DoorError, EnrollmentError, LockError
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +435,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            self.door.check()  # a relay left on by a failed write is put off, or the service stops
             frame = self.camera.read(timeout=1.0)
             now = self.clock()
             if frame is None:
@@ -515,6 +516,10 @@ def run(settings: config_mod.Settings, config_path: str | None, **kwargs: Any) -
         d.run()
     except ControlError as exc:
         log.error("%s", exc)
+        return 1
+    except DoorError as exc:
+        log.critical("%s: stopping (systemd's ExecStopPost forces the relay off, then the service restarts)",
+                     exc)
         return 1
     finally:
         d.notify("STOPPING=1")

@@ -299,7 +299,32 @@ class Door:
         with self._lock:
             if self._closed or timer is not self._pulse:  # restarted, locked or closed meanwhile
                 return
-            self._release("pulse over")
+            try:
+                self._release("pulse over")
+            except Exception:  # noqa: BLE001  (the pulse is cleared: check() tries again, or stops the service)
+                log.exception("the relay could not be turned off at the end of the pulse; trying again")
+                return
+            events += self._state_changes()
+        self._publish(events)
+
+    def check(self) -> None:
+        """Energised with no pulse pending (turning it off at the end of one failed): off again now.
+
+        Called by the daemon's loop every frame, or every second without frames.  Raises
+        DoorError if the relay still cannot be turned off: the daemon then stops, and systemd's
+        ExecStopPost (``python -m lock.door --off``, a fresh process) forces it off.
+        """
+        events: list[Event] = []
+        with self._lock:
+            if self._closed or self._relay is None or self._pulse is not None:
+                return
+            try:
+                if not self._relay.is_active:
+                    return
+                self._release("energised with no unlock pending (ending the last pulse failed)")
+            except Exception as exc:  # noqa: BLE001
+                raise DoorError(f"the relay on door.relay_pin {self.settings.relay_pin} cannot be turned off: "
+                                f"{exc}") from exc
             events += self._state_changes()
         self._publish(events)
 

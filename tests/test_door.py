@@ -321,3 +321,74 @@ def test_off_never_drives_the_held_pin_at_both_polarities(tmp_path, monkeypatch,
         assert main(["--off", "--config", str(cfg)]) == 0
         assert gpiozero.Device.pin_factory.pin(17).state is False, spelling   # off as the daemon drove it
         assert "forced off as the daemon drove it" in capsys.readouterr().err
+
+
+class _FailingWrites:
+    """Make the relay pin's writes to 'off' fail (an I/O error on the GPIO) while ``on``."""
+
+    def __init__(self, pin, active_high: bool = True) -> None:
+        self.pin, self.off_level, self.on = pin, not active_high, False
+        self._orig = pin._set_state
+
+    def __enter__(self):
+        def flaky(value):
+            if self.on and bool(value) == self.off_level:
+                raise OSError(5, "Input/output error (test)")
+            return self._orig(value)
+        self.pin._set_state = flaky
+        return self
+
+    def __exit__(self, *exc):
+        self.pin._set_state = self._orig
+
+
+def test_a_failed_write_at_the_end_of_a_pulse_is_retried(factory, events):
+    """One failed write when the pulse ended left the strike released for good (nothing tried again)."""
+    door = make(factory, events).open()
+    pin = factory.pin(RELAY)
+    with _FailingWrites(pin) as fail:
+        door.unlock("test")
+        fail.on = True
+        assert wait_for(lambda: door._pulse is None, 3.0)       # the pulse ended, and turning off failed
+        assert pin.state is True and door.state == "UNLOCKED"
+        with pytest.raises(DoorError) as err:                    # still failing: the daemon must stop
+            door.check()
+        assert f"GPIO{RELAY}" in str(err.value) and "cannot be turned off" in str(err.value)
+        fail.on = False                                          # the GPIO answers again
+        events.clear()
+        door.check()
+    assert pin.state is False and door.state == "LOCKED"
+    assert ("lock_state", {"state": "LOCKED"}) in summary(events)
+    door.check()                                                 # nothing to do: no error, no event
+    door.close()
+
+
+def test_the_daemon_stops_when_the_relay_cannot_be_turned_off(tmp_path):
+    """`lock run` exits (status 1) so that systemd's ExecStopPost forces the relay off from a fresh process."""
+    from lock import daemon as daemon_mod
+    from tests import scenario
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True}, door={"unlock_seconds": 0.2})
+    factory = MockFactory()
+    pin = factory.pin(RELAY)
+    result = {}
+    with _FailingWrites(pin) as fail:
+        d = daemon_mod.Daemon(s, pin_factory=factory)
+        d.open()
+        d.door.unlock("test")
+        fail.on = True
+        t = threading.Thread(target=lambda: result.setdefault("error", _run_catching(d)), daemon=True)
+        t.start()
+        t.join(30)
+        stopped = not t.is_alive()
+        d.stop_event.set()
+    d.close()
+    assert stopped and isinstance(result["error"], DoorError), result
+
+
+def _run_catching(d):
+    try:
+        d.run()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
