@@ -213,11 +213,29 @@ class Daemon:
         return Path(self.settings.gallery.path).with_name("state.json")
 
     def _load_state(self) -> dict:
+        """state.json as saved; {} when there is none yet (a first start).
+
+        One that cannot be read or is not what :meth:`_save_state` writes starts
+        with face unlock OFF: it may have been turned off, or a lockout been
+        running, and a damaged file must not quietly undo either.
+        """
+        p = self._state_path()
         try:
-            state = json.loads(self._state_path().read_text())
-        except (OSError, ValueError):
+            state = json.loads(p.read_text())
+        except FileNotFoundError:
             return {}
-        return state if isinstance(state, dict) else {}
+        except (OSError, ValueError) as exc:
+            return self._unusable_state(p, str(exc))
+        if not isinstance(state, dict) or not isinstance(state.get("face_unlock", True), bool) \
+                or not isinstance(state.get("lockout") or {}, dict):
+            return self._unusable_state(p, "not the lock's saved state")
+        return state
+
+    @staticmethod
+    def _unusable_state(p: Path, why: str) -> dict:
+        log.error("%s: %s; face unlock starts OFF (the file may have held it off, or a lockout): turn it back "
+                  "on from Home Assistant or with `lock face-unlock on`", p, why)
+        return {"face_unlock": False}
 
     def _save_state(self) -> None:
         # Called from the loop, MQTT's thread and the control socket's: one writer at a time, and the
@@ -232,7 +250,14 @@ class Daemon:
                 try:
                     with os.fdopen(fd, "w") as f:
                         f.write(json.dumps(state))
+                        f.flush()
+                        os.fsync(f.fileno())   # the new state on disk before it replaces the old one
                     os.replace(tmp, p)
+                    dfd = os.open(p.parent, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)          # and the replacement itself
+                    finally:
+                        os.close(dfd)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)

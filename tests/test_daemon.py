@@ -417,3 +417,35 @@ def test_only_the_face_at_the_door_decides(tmp_path, pipe, people):
     resident_in_front = _at(_at(scene, people["val"][stranger][0], 130, (540, 120)), people["val"][a][0], 200,
                             (260, 260))
     assert let_in(resident_in_front) == [a]             # and the resident at the door, someone behind: let in
+
+
+@pytest.mark.parametrize("text", ["", '{"face_unlock": fa', '{"face_unlock": "false"}', "[]",
+                                  '{"face_unlock": true, "lockout": "on"}'])
+def test_a_damaged_state_json_starts_with_face_unlock_off(tmp_path, caplog, text):
+    """A half-written or altered state.json turned face unlock back on (and forgot a lockout) silently."""
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    s = scenario.settings(tmp_path, frames)
+    state = tmp_path / "state.json"
+    state.write_text(text)
+    d = Daemon(s, pin_factory=MockFactory())
+    with caplog.at_level(logging.ERROR, logger="lock.daemon"):
+        d.open()
+    try:
+        assert d.status()["face_unlock"] is False
+        assert any(str(state) in r.getMessage() and "face unlock starts OFF" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        d.close()
+
+
+def test_no_state_json_yet_starts_with_face_unlock_on(tmp_path, caplog):
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    d = Daemon(scenario.settings(tmp_path, frames), pin_factory=MockFactory())
+    with caplog.at_level(logging.ERROR, logger="lock.daemon"):
+        d.open()
+    try:
+        assert d.status()["face_unlock"] is True and not caplog.records
+        d.set_face_unlock(False)
+    finally:
+        d.close()
+    assert json.loads((tmp_path / "state.json").read_text())["face_unlock"] is False
