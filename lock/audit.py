@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DAY = 86400.0
 REOPEN_SECONDS = 30.0  # after a failed open, how often record() tries again
+KEEP_NEWEST = 1000    # rotation never deletes the newest this many events, however old the clock says
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -70,8 +71,13 @@ def _json(value: Any) -> str:
 class AuditLog:
     """SQLite audit log; :meth:`record` is a bus subscriber."""
 
-    def __init__(self, settings: AuditSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: AuditSettings, *, clock: Callable[[], float] = time.time,
+                 outbox: bool = True) -> None:
+        """``outbox``: door events are the MQTT bridge's to deliver (mqtt.enabled).  Without it
+        they are stored as not MQTT's (NULL), so that turning MQTT on later does not send a day
+        of old events to Home Assistant as if they had just happened."""
         self.settings = settings
+        self.outbox = outbox
         self.path = Path(settings.path)
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
@@ -176,7 +182,7 @@ class AuditLog:
                         "INSERT INTO events (time, kind, person, detail, private, uid, mqtt_sent) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (float(event.time), event.kind, event.person, _json(event.detail), _json(event.private),
-                         event.uid, 0 if event.kind in DOOR_EVENTS else None))
+                         event.uid, 0 if self.outbox and event.kind in DOOR_EVENTS else None))
             except (sqlite3.Error, OSError) as exc:
                 self._report(f"cannot write to {self.path}: {exc}")
                 return
@@ -187,7 +193,12 @@ class AuditLog:
             self.rotate()
 
     def rotate(self) -> int:
-        """Delete rows older than ``keep_days``; returns how many."""
+        """Delete rows older than ``keep_days``, but never the newest ``KEEP_NEWEST``; returns how many.
+
+        The floor is for a wall clock that jumped ahead (a Pi without a real-time
+        clock, a bad time server): rotation by time alone then deleted the whole
+        log, undelivered events with it.
+        """
         now = self._clock()
         cutoff = now - self.settings.keep_days * DAY
         with self._lock:
@@ -196,7 +207,9 @@ class AuditLog:
             self._last_rotation = now
             try:
                 with self._conn:
-                    deleted = self._conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
+                    deleted = self._conn.execute(
+                        "DELETE FROM events WHERE time < ? AND id NOT IN "
+                        "(SELECT id FROM events ORDER BY id DESC LIMIT ?)", (cutoff, KEEP_NEWEST)).rowcount
             except (sqlite3.Error, OSError) as exc:
                 self._report(f"cannot delete old rows from {self.path}: {exc}")
                 return 0

@@ -156,7 +156,7 @@ class Daemon:
             # The door first: whatever fails next, the relay is already held off.
             self.door = Door(s.door, self.bus, pin_factory=self.pin_factory)
             self.door.open()
-            self.audit = AuditLog(s.audit)
+            self.audit = AuditLog(s.audit, outbox=s.mqtt.enabled)
             self.audit.open()
             self.bus.subscribe(self.audit.record)
             self.pipeline = FacePipeline(s).open((s.camera.height, s.camera.width))

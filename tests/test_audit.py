@@ -52,7 +52,8 @@ def test_file_is_private(tmp_path):
     audit.close()
 
 
-def test_rotation_deletes_old_rows_at_open_and_daily(tmp_path):
+def test_rotation_deletes_old_rows_at_open_and_daily(tmp_path, monkeypatch):
+    monkeypatch.setattr("lock.audit.KEEP_NEWEST", 0)   # time alone decides here (the floor: below)
     clock = Clock(1_700_000_000.0)
     audit = make(tmp_path, clock, keep_days=7)
     audit.record(Event(events.UNKNOWN, time=clock.now - 10 * DAY))
@@ -129,3 +130,33 @@ def test_an_audit_log_from_before_the_outbox_gains_it_with_its_rows_counted_deli
     log.mark_sent(pending.uid)
     assert log.unsent(0, 100) == [] and [r.kind for r in log.recent()][-1] == "recognized"
     log.close()
+
+
+def test_a_clock_that_jumps_ahead_does_not_delete_the_newest_events(tmp_path, monkeypatch):
+    """A wall clock 200 days ahead (no real-time clock, a bad time server) deleted the whole log."""
+    monkeypatch.setattr("lock.audit.KEEP_NEWEST", 3)
+    clock = Clock(1_700_000_000.0)
+    audit = make(tmp_path, clock, keep_days=90)
+    for k in range(5):
+        audit.record(Event(events.UNKNOWN, time=clock.now + k, detail={"k": k}))
+    clock.now += 200 * DAY
+    audit.record(Event(events.RECOGNIZED, time=clock.now, person="resident"))   # rotates (a day went by)
+    audit.rotate()
+    assert [(r.kind, r.detail.get("k")) for r in audit.recent(10)] == [
+        ("recognized", None), ("unknown", 4), ("unknown", 3)]
+    audit.close()
+
+
+def test_door_events_are_not_queued_for_mqtt_when_it_is_off(tmp_path):
+    """Turning MQTT on sent a day of old events (recorded while it was off) to Home Assistant as new."""
+    path = str(tmp_path / "audit.db")
+    off = AuditLog(AuditSettings(path=path), outbox=False)
+    assert off.open()
+    off.record(Event(events.RECOGNIZED, time=1.0e9, person="resident"))
+    off.close()
+    on = AuditLog(AuditSettings(path=path, keep_days=100000))
+    assert on.open()
+    assert on.unsent(0, 100) == [] and [r.person for r in on.recent()] == ["resident"]
+    on.record(Event(events.UNKNOWN, time=1.0e9 + 1))
+    assert [e.kind for e in on.unsent(0, 100)] == [events.UNKNOWN]   # from now on, MQTT's to deliver
+    on.close()
