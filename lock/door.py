@@ -22,9 +22,11 @@ the door relocks as soon as it closes after opening during a pulse; it reports
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -42,11 +44,24 @@ log = logging.getLogger(__name__)
 
 LOCKED, UNLOCKED, OPEN = "LOCKED", "UNLOCKED", "OPEN"
 
-# lgpio (gpiozero's factory on a Pi 5) makes a named pipe in the current
-# directory on import, or in $LG_WD: the service runs in / and cannot write
-# there, so without it lgpio fails and no factory is left (gpiozero#1106,
-# joan2937/lg#22).  Set before gpiozero is first imported.
-os.environ.setdefault("LG_WD", tempfile.gettempdir())
+
+
+def _lgpio_workdir() -> None:
+    """Give lgpio a folder of its own before gpiozero is first imported.
+
+    lgpio (gpiozero's factory on a Pi 5) makes its notification pipes in the
+    current directory, or in $LG_WD: the service runs in / and cannot write
+    there, so without it lgpio fails and no factory is left (gpiozero#1106,
+    joan2937/lg#22).  Not the shared /tmp: a pipe another user made there
+    first is opened as it is (lgNotify.c), and its writer could then feed the
+    lock fake exit-button presses.  The systemd unit sets LG_WD=/tmp with
+    PrivateTmp (a /tmp of its own); elsewhere this makes a 0700 folder,
+    removed at exit.
+    """
+    if not os.environ.get("LG_WD"):
+        folder = tempfile.mkdtemp(prefix="face-lock-lgpio-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["LG_WD"] = folder
 
 # The relay the daemon holds, for `python -m lock.door --off` after it died:
 # in systemd's $RUNTIME_DIRECTORY (/run/face-lock), which ExecStopPost sees too.
@@ -74,6 +89,7 @@ def _write_record(settings: DoorSettings) -> None:
 
 def _device(key: str, make: Callable[..., Any], pin: str, **kwargs: Any) -> Any:
     """Make one gpiozero device; failures become a DoorError naming the config key."""
+    _lgpio_workdir()
     import gpiozero
 
     try:
@@ -84,6 +100,7 @@ def _device(key: str, make: Callable[..., Any], pin: str, **kwargs: Any) -> Any:
 
 
 def _relay(settings: DoorSettings, pin_factory: Any) -> Any:
+    _lgpio_workdir()
     import gpiozero
 
     # initial_value=False: the relay must never energise while we start up.
@@ -120,6 +137,7 @@ class Door:
 
     def open(self) -> "Door":
         """Claim the pins: relay off (locked), then the optional contact and exit button."""
+        _lgpio_workdir()
         import gpiozero
 
         s = self.settings

@@ -392,3 +392,24 @@ def _run_catching(d):
     except Exception as exc:  # noqa: BLE001
         return exc
     return None
+
+
+def test_lgpio_gets_a_private_folder_outside_systemd(tmp_path):
+    """lgpio's notification pipes went in the shared /tmp, where another user could make them first."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os, stat\n"
+            "from gpiozero.pins.mock import MockFactory\n"
+            "from lock.config import DoorSettings\n"
+            "from lock.door import Door\n"
+            "from lock.events import EventBus\n"
+            "Door(DoorSettings(), EventBus(), pin_factory=MockFactory()).open().close()\n"
+            "d = os.environ['LG_WD']\n"
+            "print(d, oct(stat.S_IMODE(os.stat(d).st_mode)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "LG_WD"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    folder, mode = r.stdout.split()
+    assert mode == "0o700" and folder != "/tmp" and "face-lock-lgpio-" in folder
+    assert not os.path.exists(folder)                           # removed at exit
