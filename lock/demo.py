@@ -70,6 +70,10 @@ def _run(base, root: Path, work: Path, fps: float) -> int:
     data["gallery"]["path"] = str(work / "gallery.db")
     data["audit"]["path"] = str(work / "audit.db")
     data["control"].update(socket=str(work / "control.sock"), group=None)
+    # A device of its own in Home Assistant: with the live lock's client id and topics the broker
+    # would drop the live lock's connection, and its events and switch state would be the demo's.
+    data["mqtt"].update(client_id=f"{base.mqtt.client_id}-demo", base_topic=f"{base.mqtt.base_topic}_demo",
+                        device_name=f"{base.mqtt.device_name} (demo)")
     settings = config_mod.parse(data, "demo settings")
 
     print(f"demo folder (removed at the end): {work}")

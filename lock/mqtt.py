@@ -69,6 +69,15 @@ ONLINE, OFFLINE = "online", "offline"
 # Home Assistant's "online" makes the bridge send discovery and states again, at most this often: a
 # flood of "online" (any client may publish it) must not keep the door events waiting behind them.
 REDISCOVERY_SECONDS = 5.0
+# Wrong-code lockout of the remote lock commands (LOCK, UNLOCK, OPEN): after CODE_LOCKOUT_AFTER wrong or
+# missing codes in a row every lock command is refused, its code unchecked, for CODE_LOCKOUT_SECONDS,
+# doubling with each further lockout up to CODE_LOCKOUT_MAX_SECONDS; a right code outside a lockout
+# starts afresh.  The numbers of the face lockout (README): 5 tries let the owner mistype, a first
+# minute barely bothers them, and the doubling leaves a guesser 5 codes an hour in the long run: about
+# 6 weeks on average for a 4-digit code (12 h with the rate limit alone), 11 years for 6 digits.
+CODE_LOCKOUT_AFTER = 5
+CODE_LOCKOUT_SECONDS = 60
+CODE_LOCKOUT_MAX_SECONDS = 3600
 
 
 class CommandHandler(Protocol):
@@ -296,6 +305,46 @@ class _TokenBucket:
         return False
 
 
+class _CodeLockout:
+    """Counts wrong codes in a row and says whether lock commands are locked out (see CODE_LOCKOUT_AFTER).
+
+    In memory only, not persisted: a restart of the daemon forgets the count and ends a lockout (a
+    remote client cannot restart it; the lockout only slows guessing, the code is what keeps the door).
+    ``clock`` is monotonic, so a step of the wall clock neither shortens nor lengthens a lockout.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._failures = 0
+        self._until: float | None = None   # clock time the lockout in force ends
+        self._next_seconds = CODE_LOCKOUT_SECONDS
+
+    def remaining(self) -> float:
+        """Seconds left of the lockout in force; 0 if none."""
+        if self._until is None:
+            return 0.0
+        left = self._until - self._clock()
+        if left <= 0:
+            self._until = None
+            return 0.0
+        return left
+
+    def failed(self) -> int | None:
+        """One more wrong code: the length of the lockout it starts, or None."""
+        self._failures += 1
+        if self._failures < CODE_LOCKOUT_AFTER:
+            return None
+        seconds = self._next_seconds
+        self._until = self._clock() + seconds
+        self._failures = 0
+        self._next_seconds = min(2 * seconds, CODE_LOCKOUT_MAX_SECONDS)
+        return seconds
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._next_seconds = CODE_LOCKOUT_SECONDS
+
+
 _NO_CODE = object()  # a code is configured but could not be read: refuse every lock command
 
 
@@ -308,7 +357,7 @@ class MqttBridge:
 
     def __init__(self, settings: MQTTSettings, bus: EventBus, handler: CommandHandler, *,
                  clock: Callable[[], float] = time.time, has_contact: bool = False,
-                 outbox: Outbox | None = None) -> None:
+                 outbox: Outbox | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._outbox = outbox
         self.topics = Topics.of(settings)
@@ -329,7 +378,13 @@ class MqttBridge:
         self._last_error: str | None = None
         self._dropped = 0
         self._sender: threading.Thread | None = None
+        # Three budgets (see _handle_message): lock commands with the right code (or any, without a code),
+        # face unlock switch commands, and everything refused.  Junk and wrong codes spend only the last,
+        # so they can never keep a correctly coded command from being obeyed.
         self._bucket = _TokenBucket(settings.commands_per_minute)
+        self._switch_bucket = _TokenBucket(settings.commands_per_minute)
+        self._refused_bucket = _TokenBucket(settings.commands_per_minute)
+        self._lockout = _CodeLockout(monotonic)
         self._code: Any = None
         self._warned: dict[str, tuple[int, float]] = {}  # kind -> (suppressed since, last logged)
         self._answered = False   # this connection attempt got a CONNACK (see _on_disconnect)
@@ -369,9 +424,9 @@ class MqttBridge:
                       "remote lock commands will all be refused until this is fixed", exc)
             self._code = _NO_CODE
         if not code_configured(self.settings):
-            log.warning("MQTT: no mqtt.code_file or mqtt.code_env: UNLOCK and OPEN on %s are obeyed from any "
-                        "client the broker lets publish there; set a code, or limit publishing to that topic "
-                        "with the broker's ACL", self.topics.lock_command)
+            log.warning("MQTT: mqtt.allow_no_code is on and there is no mqtt.code_file or mqtt.code_env: UNLOCK "
+                        "and OPEN on %s are obeyed from any client the broker lets publish there; set a code, "
+                        "or limit publishing to that topic with the broker's ACL", self.topics.lock_command)
         self._running = True
         self._closing = False
         self._bus.subscribe(self.on_event)
@@ -670,35 +725,70 @@ class MqttBridge:
             self._warn("size", "MQTT: ignored a %d-byte command on %s (limit %d)", len(message.payload), topic,
                        MAX_COMMAND_BYTES)
             return
-        if not self._bucket.take():
-            self._warn("rate", "MQTT: command on %s dropped: more than %d commands a minute", topic,
-                       self.settings.commands_per_minute)
-            return
+        # Parse and check the code before spending any budget (cheap: at most MAX_COMMAND_BYTES), so
+        # that what is refused spends only the refused budget, never the one of the commands obeyed.
         try:
             text = message.payload.decode("utf-8").strip()
         except UnicodeDecodeError:
-            self._warn("utf8", "MQTT: ignored a command on %s that is not UTF-8 text", topic)
+            self._refuse("utf8", "MQTT: ignored a command on %s that is not UTF-8 text", topic)
             return
         action, code = _parse_command(text)
         if action is None:
-            self._warn("unreadable", "MQTT: ignored an unreadable command on %s", topic)
+            self._refuse("unreadable", "MQTT: ignored an unreadable command on %s", topic)
             return
         if topic == self.topics.switch_command:
-            # No code here, by design (README, Home Assistant): HA's switch cannot send one, and
-            # ON only re-enables face recognition; it never opens the door by itself.
-            if action not in ("ON", "OFF"):
-                self._warn("unknown", "MQTT: ignored unknown face unlock command %r", action[:20])
-                return
-            log.info("MQTT: face unlock %s asked remotely", action)
-            self._handler.set_face_unlock(action == "ON")
+            self._switch_command(action)
+        else:
+            self._lock_command(action, code)
+
+    def _switch_command(self, action: str) -> None:
+        # No code here, by design (README, Home Assistant): HA's switch cannot send one, and
+        # ON only re-enables face recognition; it never opens the door by itself.
+        if action not in ("ON", "OFF"):
+            self._refuse("unknown", "MQTT: ignored unknown face unlock command %r", action[:20])
             return
+        if action == "ON" and not self.settings.remote_face_unlock_on:
+            # Not published back: the switch has a state topic, so Home Assistant shows the state the
+            # lock publishes (still OFF), as for any refused command.
+            if self._refuse("face_unlock_on", "MQTT: face unlock ON refused: mqtt.remote_face_unlock_on is false "
+                            "(turn it back on at the device: lock face-unlock on)"):
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="face_unlock_on_local_only",
+                                            source="mqtt"))
+            return
+        if not self._switch_bucket.take():
+            self._warn("switch_rate", "MQTT: face unlock command dropped: more than %d a minute",
+                       self.settings.commands_per_minute)
+            return
+        log.info("MQTT: face unlock %s asked remotely", action)
+        self._handler.set_face_unlock(action == "ON")
+
+    def _lock_command(self, action: str, code: str | None) -> None:
         if action not in LOCK_ACTIONS:
-            self._warn("unknown", "MQTT: ignored unknown lock command %r", action[:20])
+            self._refuse("unknown", "MQTT: ignored unknown lock command %r", action[:20])
+            return
+        left = self._lockout.remaining()
+        if left > 0:   # the code is not even looked at: guessing during a lockout tells nothing
+            self._refuse("lockout", "MQTT: %s refused: remote lock commands are locked out after wrong codes "
+                         "(%.0f s left)", action, left)
             return
         if not self._code_ok(code):
-            self._warn("code", "MQTT: %s refused: wrong or missing code", action)
-            self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="bad_code", source="mqtt",
-                                        action=action.lower()))
+            # Counted before any budget: junk that empties the refused budget must not hide guesses.
+            # An unreadable code file makes every code wrong: that is no guessing, so no lockout.
+            seconds = None if self._code is _NO_CODE else self._lockout.failed()
+            if self._refuse("code", "MQTT: %s refused: wrong or missing code", action):
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="bad_code", source="mqtt",
+                                            action=action.lower()))
+            if seconds is not None:   # at most one a lockout: neither budgeted nor rate-limited
+                log.warning("MQTT: %d wrong or missing codes in a row: every remote lock command is refused "
+                            "for %d s", CODE_LOCKOUT_AFTER, seconds)
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="code_lockout",
+                                            source="mqtt", seconds=seconds))
+            return
+        if self._code is not None:
+            self._lockout.succeeded()
+        if not self._bucket.take():
+            self._warn("rate", "MQTT: %s dropped: more than %d commands a minute", action,
+                       self.settings.commands_per_minute)
             return
         log.info("MQTT: %s asked remotely", action)
         if action == "UNLOCK":
@@ -707,6 +797,16 @@ class MqttBridge:
             self._handler.open("mqtt")
         else:
             self._handler.lock("mqtt")
+
+    def _refuse(self, kind: str, message: str, *args: Any) -> bool:
+        """A refused command: log it (via _warn) if the refused budget allows; True if it did (the caller
+        then publishes its event, if any).  That budget only limits this work, never what is obeyed."""
+        if not self._refused_bucket.take():
+            self._warn("refused_rate", "MQTT: more than %d refused commands a minute; the rest are dropped "
+                       "unlogged", self.settings.commands_per_minute)
+            return False
+        self._warn(kind, message, *args)
+        return True
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         """log.warning, at most once per WARN_EVERY_SECONDS per kind, saying how many were not logged."""

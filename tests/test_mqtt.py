@@ -11,7 +11,8 @@ import pytest
 
 from lock import events
 from lock.events import Event, EventBus
-from lock.mqtt import MAX_COMMAND_BYTES, MqttBridge, Topics, check, discovery_messages
+from lock.mqtt import (CODE_LOCKOUT_AFTER, CODE_LOCKOUT_MAX_SECONDS, CODE_LOCKOUT_SECONDS, MAX_COMMAND_BYTES,
+                       MqttBridge, Topics, check, discovery_messages)
 from tests.plugins.broker import make_test_ca
 
 
@@ -39,6 +40,26 @@ class RecordingHandler:
         self._add("face_unlock", enabled)
 
 
+class CountingBridge(MqttBridge):
+    """Counts the messages it has finished handling, so a test knows a refused command was seen."""
+
+    handled = 0
+
+    def _handle_message(self, message) -> None:
+        try:
+            super()._handle_message(message)
+        finally:
+            self.handled += 1
+
+
+def send(publisher, bridge: CountingBridge, payloads, topic: str = "face_lock/lock/set") -> None:
+    """Publish ``payloads`` in order and wait until the bridge has handled every one of them."""
+    target = bridge.handled + len(payloads)
+    for payload in payloads:
+        publisher.publish(topic, payload)
+    wait(lambda: bridge.handled >= target)
+
+
 def wait(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -60,8 +81,8 @@ def bus_events():
 def make_bridge(bus_events):
     bridges: list[MqttBridge] = []
 
-    def make(settings, handler=None, start=True, **kwargs) -> MqttBridge:
-        bridge = MqttBridge(settings, bus_events[0], handler or RecordingHandler(), **kwargs)
+    def make(settings, handler=None, start=True, cls=MqttBridge, **kwargs) -> MqttBridge:
+        bridge = cls(settings, bus_events[0], handler or RecordingHandler(), **kwargs)
         bridges.append(bridge)
         if start:
             bridge.start()
@@ -229,8 +250,9 @@ def test_unlock_command_calls_the_handler(mqtt_broker, mqtt_subscriber, make_bri
     sub.publish("face_lock/lock/set", "UNLOCK")
     sub.publish("face_lock/lock/set", "open")
     sub.publish("face_lock/face_unlock/set", "OFF")
-    wait(lambda: len(handler.calls) == 3)
-    assert handler.calls == [("unlock", "mqtt"), ("open", "mqtt"), ("face_unlock", False)]
+    sub.publish("face_lock/face_unlock/set", "ON")   # mqtt.remote_face_unlock_on is true by default
+    wait(lambda: len(handler.calls) == 4)
+    assert handler.calls == [("unlock", "mqtt"), ("open", "mqtt"), ("face_unlock", False), ("face_unlock", True)]
 
 
 def test_retained_unlock_is_ignored(mqtt_broker, mqtt_subscriber, make_bridge):
@@ -292,6 +314,132 @@ def test_code_is_required_when_configured(mqtt_broker, mqtt_subscriber, make_bri
     sub.publish("face_lock/lock/set", json.dumps({"action": "UNLOCK", "code": "4321"}))
     wait(lambda: handler.calls)
     assert handler.calls == [("unlock", "mqtt")]
+
+
+CODE = "4321"
+RIGHT = json.dumps({"action": "LOCK", "code": CODE})
+WRONG = [json.dumps({"action": "UNLOCK", "code": "0000"}), "UNLOCK", json.dumps({"action": "OPEN", "code": "1234"}),
+         json.dumps({"action": "LOCK", "code": CODE + "0"}), json.dumps({"action": "UNLOCK"})]   # wrong or missing
+
+
+def lockouts(seen) -> list:
+    return [e.detail["seconds"] for e in seen if e.kind == events.DENIED and e.detail["reason"] == "code_lockout"]
+
+
+@pytest.fixture
+def coded(mqtt_broker, mqtt_subscriber, make_bridge, monkeypatch):
+    """A bridge whose commands need CODE, with a monotonic clock the test moves: (bridge, handler, publisher, now)."""
+    monkeypatch.setenv("LOCK_TEST_CODE", CODE)
+    now = [1000.0]
+    handler = RecordingHandler()
+    bridge = make_bridge(mqtt_broker.settings(code_env="LOCK_TEST_CODE", commands_per_minute=200), handler,
+                         cls=CountingBridge, monotonic=lambda: now[0])
+    return bridge, handler, mqtt_subscriber(mqtt_broker, "none"), now
+
+
+def test_wrong_codes_lock_remote_commands_out_for_a_doubling_time(coded, bus_events, caplog):
+    """5 wrong or missing codes in a row: every lock command is refused, even with the right code, for
+    60 s, then 120 s after the next 5, and so on up to an hour."""
+    assert (CODE_LOCKOUT_AFTER, CODE_LOCKOUT_SECONDS, CODE_LOCKOUT_MAX_SECONDS) == (5, 60, 3600)
+    bridge, handler, ha, now = coded
+    _, seen = bus_events
+    expected = [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    for k, seconds in enumerate(expected):
+        with caplog.at_level("WARNING", logger="lock.mqtt"):
+            send(ha, bridge, WRONG[:4])
+            assert lockouts(seen) == expected[:k], "a lockout before the 5th wrong code"
+            send(ha, bridge, WRONG[4:])
+        assert lockouts(seen) == expected[:k + 1]
+        assert any(f"refused for {seconds} s" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        send(ha, bridge, [RIGHT])            # the right code during the lockout: refused, not even checked
+        now[0] += seconds - 1
+        send(ha, bridge, [RIGHT])            # a second before the end: still refused
+        assert handler.calls == [], seconds
+        now[0] += 1.5
+    lockout_events = [e for e in seen if e.kind == events.DENIED and e.detail["reason"] == "code_lockout"]
+    assert all(e.detail["source"] == "mqtt" for e in lockout_events)
+    bad_code = [e for e in seen if e.kind == events.DENIED and e.detail["reason"] == "bad_code"]
+    assert len(bad_code) == 5 * len(expected), "commands refused during a lockout are not code checks"
+    send(ha, bridge, [RIGHT])                # the last lockout is over
+    assert handler.calls == [("lock", "mqtt")]
+
+
+def test_a_right_code_starts_the_count_and_the_doubling_afresh(coded, bus_events):
+    bridge, handler, ha, now = coded
+    _, seen = bus_events
+    send(ha, bridge, WRONG[:4] + [RIGHT] + WRONG[:4] + [RIGHT])   # 8 wrong, never 5 in a row
+    assert handler.calls == [("lock", "mqtt")] * 2 and lockouts(seen) == []
+    send(ha, bridge, WRONG)
+    assert lockouts(seen) == [60]
+    now[0] += 61
+    send(ha, bridge, [RIGHT] + WRONG)        # the right code after the lockout: the next one is 60 s again
+    assert handler.calls == [("lock", "mqtt")] * 3 and lockouts(seen) == [60, 60]
+
+
+def test_wrong_codes_count_even_when_junk_emptied_the_refused_budget(mqtt_broker, mqtt_subscriber, make_bridge,
+                                                                     bus_events, monkeypatch):
+    """The refused budget only limits logging: a guesser who drains it with junk is still counted."""
+    monkeypatch.setenv("LOCK_TEST_CODE", CODE)
+    _, seen = bus_events
+    handler = RecordingHandler()
+    bridge = make_bridge(mqtt_broker.settings(code_env="LOCK_TEST_CODE", commands_per_minute=3), handler,
+                         cls=CountingBridge)
+    ha = mqtt_subscriber(mqtt_broker, "none")
+    send(ha, bridge, [b"EXPLODE"] * 10 + WRONG)
+    assert lockouts(seen) == [60]
+    assert len([e for e in seen if e.detail.get("reason") == "bad_code"]) == 0, "the budget limits the events"
+    send(ha, bridge, [RIGHT])
+    assert handler.calls == []
+
+
+def test_junk_from_another_client_never_starves_a_correctly_coded_lock(mqtt_broker, mqtt_subscriber, make_bridge,
+                                                                      monkeypatch, caplog):
+    """Junk spends the refused budget only: Home Assistant's coded commands keep theirs (default rate)."""
+    monkeypatch.setenv("LOCK_TEST_CODE", CODE)
+    handler = RecordingHandler()
+    settings = mqtt_broker.settings(code_env="LOCK_TEST_CODE")
+    bridge = make_bridge(settings, handler, cls=CountingBridge)
+    flooder = mqtt_subscriber(mqtt_broker, "nothing/here")
+    ha = mqtt_subscriber(mqtt_broker, "none")
+    junk = [("face_lock/lock/set", p) for p in (b"EXPLODE", b"{not json", b'{"action": 7}', b"\xff\xfe", b"[1, 2]",
+                                                 b"   ", os.urandom(40))] + [("face_lock/face_unlock/set", b"MAYBE")]
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            for topic, payload in junk:
+                flooder.client.publish(topic, payload, qos=0)
+            time.sleep(0.02)
+    t = threading.Thread(target=flood, daemon=True)
+    with caplog.at_level("WARNING", logger="lock.mqtt"):
+        t.start()
+        try:
+            wait(lambda: bridge.handled >= 5 * settings.commands_per_minute)   # every budget long spent
+            for k in range(6):
+                ha.publish("face_lock/lock/set", RIGHT)
+                wait(lambda: len(handler.calls) == k + 1)
+        finally:
+            stop.set()
+            t.join()
+    assert handler.calls == [("lock", "mqtt")] * 6 and bridge.connected
+    warnings = [r for r in caplog.records if r.levelno == 30]
+    assert len(warnings) <= 20, [r.getMessage() for r in warnings]   # a flood is a few lines, not one each
+
+
+def test_face_unlock_turned_on_only_at_the_device(mqtt_broker, mqtt_subscriber, make_bridge, bus_events, caplog):
+    """mqtt.remote_face_unlock_on: false: the switch's ON is refused (with an event), its OFF obeyed."""
+    _, seen = bus_events
+    handler = RecordingHandler()
+    bridge = make_bridge(mqtt_broker.settings(remote_face_unlock_on=False), handler, cls=CountingBridge)
+    ha = mqtt_subscriber(mqtt_broker, "none")
+    with caplog.at_level("WARNING", logger="lock.mqtt"):
+        send(ha, bridge, ["ON", "OFF", "on"], topic="face_lock/face_unlock/set")
+    assert handler.calls == [("face_unlock", False)]
+    denied = [e.detail for e in seen if e.kind == events.DENIED]
+    assert denied == [{"reason": "face_unlock_on_local_only", "source": "mqtt"}] * 2
+    said = [r.getMessage() for r in caplog.records if "remote_face_unlock_on" in r.getMessage()]
+    assert len(said) == 1, said   # rate-limited: one line per WARN_EVERY_SECONDS
 
 
 def test_commands_are_rate_limited(mqtt_broker, mqtt_subscriber, make_bridge):

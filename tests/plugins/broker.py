@@ -169,10 +169,13 @@ class Broker:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def settings(self, **overrides: Any):
-        """MQTTSettings pointing at this broker."""
+        """MQTTSettings pointing at this broker.  Without code_file or code_env, allow_no_code is on
+        (the config refuses mqtt.enabled without a code otherwise)."""
         from lock.config import MQTTSettings
         values = {"enabled": True, "host": self.host, "port": self.port, "password_env": None}
         values.update(overrides)
+        if not (values.get("code_file") or values.get("code_env")):
+            values.setdefault("allow_no_code", True)
         return MQTTSettings(**values)
 
 
