@@ -13,9 +13,12 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  (echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); the lock needs Python >= 3.11 (make PYTHON=python3.11 ...)"; exit 1)
-	$(PYTHON) -m venv $(VENV)
+	@# An existing venv is kept as it is: the Pi's (README) sees apt's packages, which a new
+	@# `python3 -m venv` over it would turn off; and there the Pi's pins ([pi]) stay in force.
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	if grep -qs '^include-system-site-packages = true' $(VENV)/pyvenv.cfg; then \
+	  $(PY) -m pip install --quiet -e '.[test,pi]'; else $(PY) -m pip install --quiet -e '.[test]'; fi
 	touch $@
 
 venv: $(VENV)/.installed
