@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lock import config as config_mod
-from lock.errors import ControlError, LockError
+from lock.errors import ControlError, DoorError, LockError
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,24 @@ def _ask(settings: config_mod.Settings, req: dict, timeout: float = 10.0) -> dic
 
 # --- run ----------------------------------------------------------------------
 
+def _on_a_pi() -> bool:
+    try:
+        return "Raspberry Pi" in Path("/proc/device-tree/model").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lock.daemon import run
     settings = _load(args)
     logging.getLogger().setLevel(settings.log_level if not args.verbose else "DEBUG")
-    return run(settings, _config_path(args))
+    try:
+        return run(settings, _config_path(args))
+    except DoorError as exc:
+        if "Unable to load any default pin factory" in str(exc) and not _on_a_pi():  # gpiozero's words
+            raise DoorError(f"{exc}\nnot a Raspberry Pi? GPIOZERO_PIN_FACTORY=mock lock run ... drives a "
+                            "simulated pin") from exc
+        raise
 
 
 # --- enrollment and the gallery -----------------------------------------------
@@ -107,14 +120,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not args.sources:
         print("error: give image files or folders, or --camera", file=sys.stderr)
         return 2
-    missing = [s for s in args.sources if not os.path.lexists(s)]
-    for m in missing:
-        print(f"{m}: skipped: no such file or folder")
-    paths = iter_images([s for s in args.sources if s not in missing])
-    for d in (s for s in args.sources if s not in missing and os.path.isdir(s)):
-        if not iter_images([d]):
-            missing.append(d)
-            print(f"{d}: skipped: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+    paths, skipped = [], []
+    for source in args.sources:
+        trouble: list[tuple[str, str]] = []  # missing, or not ours to read: named with the reason
+        found = iter_images([source], skipped=trouble)
+        if not found and not trouble and os.path.isdir(source):
+            trouble.append((source, f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder"))
+        paths += found
+        skipped += trouble
+    for what, why in skipped:
+        print(f"{what}: skipped: {why}")
     if not paths:
         print(f"error: nothing enrolled for {args.name!r}: no image files given", file=sys.stderr)
         return 1
@@ -131,8 +146,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                               lookalike=settings.match.threshold, force=args.force)
     for line in report.lines():
         print(line)
-    print(f"enrolled {args.name}: {len(report.stored)} template(s) from {len(paths)} image(s)")
-    return 1 if (report.rejected or missing) else 0
+    if report.stored:
+        again = f", {len(report.already)} already stored" if report.already else ""
+        print(f"enrolled {args.name}: {len(report.stored)} template(s) from {len(paths)} image(s){again}")
+    else:
+        print(f"nothing new for {args.name}: {len(report.already)} photo(s) already stored")
+    # 0: the person is enrolled with every usable photo given (the others are named above); a
+    # failure to store anything raised EnrollmentError (status 1, the gallery as it was).
+    return 0
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
@@ -204,12 +225,24 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_face_unlock(args: argparse.Namespace) -> int:
+    _ask(_load(args), {"cmd": "face_unlock", "enabled": args.state == "on"})
+    print(f"face unlock {args.state}")
+    return 0
+
+
 def cmd_mqtt_test(args: argparse.Namespace) -> int:
+    from lock.doctor import mqtt_secrets
     from lock.mqtt import check
     settings = _load(args)
+    problems, warnings = mqtt_secrets(settings.mqtt)  # the code: the daemon reads it only at start
+    for msg in problems:
+        print(f"failed: {msg}")
+    for msg in warnings:
+        print(f"warning: {msg}")
     ok, why = check(settings.mqtt)
     print(("ok: " if ok else "failed: ") + why)
-    return 0 if ok else 1
+    return 0 if ok and not problems else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -258,6 +291,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_status)
     sub.add_parser("unlock", help="unlock the door now (one pulse)").set_defaults(func=cmd_unlock)
     sub.add_parser("lock", help="lock the door now").set_defaults(func=cmd_lock)
+    s = sub.add_parser("face-unlock", help="turn face unlock on or off (Home Assistant's switch, at the device)")
+    s.add_argument("state", choices=("on", "off"))
+    s.set_defaults(func=cmd_face_unlock)
     sub.add_parser("mqtt-test", help="try the configured MQTT broker and say what happened").set_defaults(func=cmd_mqtt_test)
     sub.add_parser("doctor", help="check config, models, runtime, Coral, camera, GPIO, gallery, MQTT").set_defaults(func=cmd_doctor)
 

@@ -538,13 +538,14 @@ def run(settings: config_mod.Settings, config_path: str | None, **kwargs: Any) -
     d.install_signals()
     try:
         d.open()
-        d.run()
+        try:
+            d.run()
+        except DoorError as exc:  # the relay cannot be turned off (Door.check): stop now
+            log.critical("%s: stopping (systemd's ExecStopPost forces the relay off, then the service "
+                         "restarts)", exc)
+            return 1
     except ControlError as exc:
         log.error("%s", exc)
-        return 1
-    except DoorError as exc:
-        log.critical("%s: stopping (systemd's ExecStopPost forces the relay off, then the service restarts)",
-                     exc)
         return 1
     finally:
         d.notify("STOPPING=1")

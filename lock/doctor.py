@@ -10,8 +10,58 @@ from lock import config as config_mod
 from lock.errors import LockError
 
 
+def mqtt_secrets(mqtt: config_mod.MQTTSettings) -> tuple[list[str], list[str]]:
+    """(problems, warnings) with the MQTT code and password files, each naming its setting.
+
+    The code is read as the daemon reads it at start: one it cannot read makes it refuse
+    every LOCK, UNLOCK and OPEN, which otherwise only its log would say.  A code or
+    password file that others than its owner may open is a warning, not a failure: the
+    lock works, and a group that may read it (``lock``) may also unlock by the control
+    socket; but README asks for them readable by the service user only.
+    """
+    from lock.imageio import whoami
+    from lock.mqtt import Topics, code_configured, read_code
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    refused = "the lock would refuse every LOCK, UNLOCK and OPEN"
+    try:
+        read_code(mqtt)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        user = f" (as user {whoami()})" if isinstance(exc, PermissionError) else ""
+        problems.append(f"mqtt.code_file: cannot read {mqtt.code_file}{user}: {why}; {refused}")
+    except ValueError as exc:  # read, but nothing in it (unless the message says otherwise)
+        said = str(exc) if str(exc).startswith("mqtt.") else None
+        empty = (f"mqtt.code_file: {mqtt.code_file} is empty" if mqtt.code_file else
+                 f"mqtt.code_env: the environment variable {mqtt.code_env} is not set or empty "
+                 "(the service needs it in its own environment)")
+        problems.append(f"{said or empty}; {refused}")
+    if mqtt.allow_no_code and not code_configured(mqtt):
+        warnings.append(f"mqtt.allow_no_code is on and no code is set: UNLOCK and OPEN on "
+                        f"{Topics.of(mqtt).lock_command} are obeyed from any client the broker lets publish "
+                        "there (set mqtt.code_file, or limit publishing with the broker's ACL)")
+    for key in ("code_file", "password_file"):
+        path = getattr(mqtt, key)
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            continue  # unreadable: said above (code) or by the broker check (password)
+        if st is not None and st.st_mode & 0o077:
+            import grp
+            try:
+                group = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                group = str(st.st_gid)
+            who = [f"group {group}"] * bool(st.st_mode & 0o070) + ["everyone"] * bool(st.st_mode & 0o007)
+            warnings.append(f"mqtt.{key}: {path} is open to {' and '.join(who)} (mode {st.st_mode & 0o777:04o}); "
+                            f"it holds a secret: make it readable by the service user only (chmod 600 {path})")
+    return problems, warnings
+
+
 def doctor(config_path: str | None) -> int:
     problems = 0
+    cautions = 0  # not "warnings": the module of that name is imported below
 
     def ok(what: str, msg: str) -> None:
         print(f"[ ok ] {what}: {msg}")
@@ -20,6 +70,11 @@ def doctor(config_path: str | None) -> int:
         nonlocal problems
         problems += 1
         print(f"[FAIL] {what}: {msg}")
+
+    def warn(what: str, msg: str) -> None:
+        nonlocal cautions
+        cautions += 1
+        print(f"[WARN] {what}: {msg}")
 
     try:
         path = config_mod.find_config(config_path)
@@ -82,7 +137,7 @@ def doctor(config_path: str | None) -> int:
                 force_off(settings.door)
             ok("gpio", f"relay {settings.door.relay_pin} driven to its inactive (locked) level")
         except Exception as exc:
-            bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: pip install lgpio; user in group gpio)")
+            bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: sudo apt install python3-lgpio; user in group gpio; not a Pi: GPIOZERO_PIN_FACTORY=mock)")
 
     if model_hash and not Path(settings.gallery.path).exists():  # a check creates nothing
         bad("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled (lock enroll NAME PHOTOS...)")
@@ -107,6 +162,11 @@ def doctor(config_path: str | None) -> int:
 
     if settings.mqtt.enabled:
         from lock.mqtt import check
+        failures, notes = mqtt_secrets(settings.mqtt)
+        for msg in failures:
+            bad("mqtt", msg)
+        for msg in notes:
+            warn("mqtt", msg)
         good, why = check(settings.mqtt)
         (ok if good else bad)("mqtt", why)
     else:
@@ -121,5 +181,7 @@ def doctor(config_path: str | None) -> int:
         if not os.access(base, os.W_OK):
             bad("control", f"cannot create {settings.control.socket}: {base} is not writable for this user "
                            "(the service can write /run/face-lock only)")
-    print("all good" if not problems else f"{problems} problem(s) found")
+    noted = f", {cautions} warning(s)" if cautions else ""
+    print(("all good" if not cautions else f"no problems{noted}") if not problems
+          else f"{problems} problem(s) found{noted}")
     return 0 if not problems else 1

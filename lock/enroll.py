@@ -29,7 +29,9 @@ SAME_VIEW_COSINE = 0.96
 # holding two people (the photos of the smaller group, or all when equal).
 DIFFERENT_PERSON_COSINE = 0.30
 # Two photos this similar are one photo (a copy, or the same file given twice):
-# the second is skipped, so that copies cannot outvote the person's other photos.
+# the second is skipped, so that copies cannot outvote the person's other photos;
+# a photo this similar to one of the person's templates is already stored (the
+# same enrollment run again), and is not stored twice.
 SAME_PHOTO_COSINE = 0.99
 
 
@@ -39,6 +41,7 @@ class Report:
 
     stored: list[str] = dataclasses.field(default_factory=list)
     rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (what, why)
+    already: list[str] = dataclasses.field(default_factory=list)  # usable, and already among the templates
 
     def lines(self) -> list[str]:
         return [f"{what}: skipped: {why}" for what, why in self.rejected]
@@ -115,10 +118,20 @@ def enroll_files(pipeline, gallery, name: str, paths: Iterable[Path], *, replace
     """Enroll ``name`` from image files; each unusable file is reported by name and skipped.
 
     The usable ones must look like one person and, with ``lookalike`` (the
-    match threshold), like no one else enrolled (:func:`check_identity`).
+    match threshold), like no one else enrolled (:func:`check_identity`).  A
+    photo already among ``name``'s templates (the same enrollment run again) is
+    reported in ``already`` and not stored twice; when all usable photos are, the
+    gallery is left untouched and the report returned.
     """
+    from lock.gallery import EMBEDDING_DIM, name_key
+
     report = Report()
     embs, quals = [], []
+    own = np.zeros((0, EMBEDDING_DIM), np.float32)  # the person's templates: the same photo is not stored twice
+    if not replace:
+        matcher = gallery.matcher(skip_damaged=True)
+        key = name_key(name)
+        own = np.concatenate([own, *(matcher.templates(p) for p in matcher.people if name_key(p) == key)])
     for path in progress(list(paths)):
         try:
             frame = load_image(path)
@@ -133,9 +146,15 @@ def enroll_files(pipeline, gallery, name: str, paths: Iterable[Path], *, replace
         if same is not None:
             report.rejected.append((str(path), f"the same photo as {same}"))
             continue
+        if len(own) and float(np.max(own @ emb)) > SAME_PHOTO_COSINE:
+            report.rejected.append((str(path), f"already stored: {name!r} has a template from the same photo"))
+            report.already.append(str(path))
+            continue
         embs.append(emb)
         quals.append(q)
         report.stored.append(str(path))
+    if not embs and report.already:
+        return report  # enrolled with these already: nothing to write
     if not embs:
         detail = "; ".join(f"{w}: {why}" for w, why in report.rejected) or "no images given"
         raise EnrollmentError(f"nothing enrolled for {name!r}: no image gave a usable face ({detail})")

@@ -529,10 +529,11 @@ class Gallery:
                 "WHERE t.model_hash != ? GROUP BY p.id ORDER BY p.name", (self.model_hash,)).fetchall()
         return dict(rows)
 
-    def matcher(self) -> Matcher:
-        """A matcher over this model's templates only; GalleryError if any is damaged."""
+    def matcher(self, skip_damaged: bool = False) -> Matcher:
+        """A matcher over this model's templates only; GalleryError if any is damaged (or, with
+        ``skip_damaged``, those left out)."""
         with self._read() as db:
-            return self._load_matcher(db)
+            return self._load_matcher(db, skip_damaged)
 
     def _load_matcher(self, db: sqlite3.Connection, skip_damaged: bool = False) -> Matcher:
         rows = db.execute(

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -52,6 +53,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         size = p.stat().st_size
     except FileNotFoundError:
         raise ImageError(f"{p}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{p}: {_denied('reach it (a folder on its path is closed to them)')}") from None
     except OSError as exc:
         raise ImageError(f"{p}: cannot read it: {exc.strerror or exc}") from None
     if p.is_dir():
@@ -73,8 +76,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                              "use a smaller photo") from None
         except UnidentifiedImageError:
             raise ImageError(f"{p}: not an image (or not one of {', '.join(FORMATS)})") from None
-        except PermissionError as exc:
-            raise ImageError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+        except PermissionError:
+            raise ImageError(f"{p}: {_denied('read this file')}") from None
         except MemoryError:
             raise
         except Exception as exc:  # OSError, ValueError, SyntaxError, struct.error, ... for a bad header
@@ -137,24 +140,77 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def iter_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def iter_images(paths: Iterable[str | os.PathLike],
+                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Image files among ``paths``: files as given, directories walked recursively.
 
     Files inside directories are kept when their extension is one of
-    :data:`IMAGE_EXTENSIONS`, sorted by path; hidden files are skipped.
+    :data:`IMAGE_EXTENSIONS`, sorted by path; hidden files are skipped.  A path
+    that does not exist or cannot be reached, and a folder (or subfolder) that
+    cannot be listed, raise :class:`ImageError` naming it and why; given a
+    ``skipped`` list, they are appended to it as (path, why) instead and the
+    rest is still walked.
     """
+    def trouble(p: str | os.PathLike, why: str) -> None:
+        if skipped is None:
+            raise ImageError(f"{p}: {why}")
+        skipped.append((str(p), why))
+
+    def unlistable(exc: OSError) -> None:  # os.walk's onerror: Path.rglob would swallow these
+        if isinstance(exc, PermissionError):
+            trouble(exc.filename, _denied("list this folder"))
+        else:
+            trouble(exc.filename, f"cannot list this folder: {exc.strerror or exc}")
+
     out: list[Path] = []
     for item in paths:
         p = Path(item)
-        if p.is_dir():
-            found = (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                     and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            out.extend(sorted(found))
-        elif os.path.lexists(p):  # a file, or a broken link: load_image says what is wrong
+        try:
+            is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+        except PermissionError:  # os.path.lexists says False, Path.is_dir raises: it is there, not for us
+            trouble(p, _denied("reach it (a folder on its path is closed to them)"))
+            continue
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(p):  # a broken link: load_image says what is wrong
+                out.append(p)
+            else:
+                trouble(p, "no such file or directory")
+            continue
+        except OSError:  # a link loop, a name too long...: load_image says what is wrong
             out.append(p)
-        else:
-            raise ImageError(f"{p}: no such file or directory")
+            continue
+        if is_dir:
+            found = []
+            for folder, dirs, files in os.walk(p, onerror=unlistable):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [f for f in (Path(folder, name) for name in files if not name.startswith("."))
+                          if f.suffix.lower() in IMAGE_EXTENSIONS and _file_or_unknown(f)]
+            out.extend(sorted(found))
+        else:  # a file: load_image says what is wrong with it, if anything
+            out.append(p)
     return out
+
+
+def _file_or_unknown(f: Path) -> bool:
+    """Not a folder, a socket, ...: kept when it cannot be told (a link into a closed folder), for
+    load_image to say why it cannot be read."""
+    try:
+        return f.is_file()
+    except OSError:
+        return True
+
+
+def whoami() -> str:
+    """The user this process runs as, for messages about permissions."""
+    try:
+        import pwd
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+def _denied(what: str) -> str:
+    return f"permission denied: user {whoami()} cannot {what}"
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def lock(*args, timeout=300):
@@ -56,3 +57,31 @@ def test_bench_prints_every_stage(photos):
         assert label in r.stdout
     stages = json.loads(r.stdout.strip().splitlines()[-1])["stages"]
     assert stages["embed"]["median_ms"] > 0 and stages["pnet"]["median_ms"] > 0
+
+
+def test_run_without_gpio_says_how_to_try_it_on_a_pc(tmp_path):
+    """Before, `lock run` on a PC ended at gpiozero's "Unable to load any default pin factory!"."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from tests import scenario
+    try:
+        if "Raspberry Pi" in Path("/proc/device-tree/model").read_text(errors="replace"):
+            pytest.skip("a Raspberry Pi: its GPIO can be used")
+    except OSError:
+        pass
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(scenario.settings(tmp_path).model_dump()))
+    env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "run"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    if "Unable to load any default pin factory" not in r.stderr:
+        pytest.skip(f"gpiozero found a pin library on this machine: {r.stderr[-300:]}")
+    assert r.returncode == 1
+    assert r.stderr.rstrip().endswith(
+        "not a Raspberry Pi? GPIOZERO_PIN_FACTORY=mock lock run ... drives a simulated pin"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(tmp_path / "nothing.yaml"), "run"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "GPIOZERO_PIN_FACTORY" not in r.stderr  # only for that error

@@ -449,3 +449,21 @@ def test_no_state_json_yet_starts_with_face_unlock_on(tmp_path, caplog):
     finally:
         d.close()
     assert json.loads((tmp_path / "state.json").read_text())["face_unlock"] is False
+
+
+def test_face_unlock_on_and_off_at_the_device(tmp_path, capsys):
+    """`lock face-unlock on|off`: the way back on when mqtt.remote_face_unlock_on is false."""
+    from lock.cli import main
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    d = Daemon(s, pin_factory=MockFactory())
+    with Running(d, stop_when_exhausted=False) as run:
+        assert main(["--config", str(cfg), "face-unlock", "off"]) == 0
+        assert d.status()["face_unlock"] is False
+        assert main(["--config", str(cfg), "face-unlock", "on"]) == 0
+        assert d.status()["face_unlock"] is True
+        assert [e.detail["enabled"] for e in run.kinds(ev.FACE_UNLOCK)][-2:] == [False, True]
+    assert json.loads((tmp_path / "state.json").read_text())["face_unlock"] is True
+    assert "face unlock on" in capsys.readouterr().out

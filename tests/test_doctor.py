@@ -31,7 +31,8 @@ def test_doctor_reports_each_part(tmp_path, photos):
     assert "[ ok ] gpio" in out
     assert "[FAIL] gallery" in out and "nobody enrolled" in out
     assert "[FAIL] mqtt" in out and "127.0.0.1:1" in out
-    assert r.returncode == 1 and "2 problem(s) found" in out
+    assert "[WARN] mqtt: mqtt.allow_no_code is on and no code is set" in out
+    assert r.returncode == 1 and "2 problem(s) found, 1 warning(s)" in out
     assert "Traceback" not in r.stderr
 
 
@@ -50,3 +51,70 @@ def test_doctor_names_an_altered_model(tmp_path):
     r = doctor(cfg)
     assert "[FAIL] models" in r.stdout and "pnet.tflite" in r.stdout and "altered" in r.stdout
     assert r.returncode == 1
+
+
+def mqtt_config(tmp_path, **mqtt):
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True},
+                          mqtt={"enabled": True, "host": "127.0.0.1", "port": 1, "password_env": None, **mqtt})
+    data = s.model_dump()
+    data["mqtt"].update(mqtt)  # relative file names as given: taken from the config file's folder
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def mqtt_test(cfg, env=None):
+    return subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "mqtt-test"], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_doctor_and_mqtt_test_read_the_code_as_the_daemon_does(tmp_path):
+    """Before, both said nothing of a code they could not read: the daemon then refused every LOCK,
+    UNLOCK and OPEN, and only its log said why."""
+    import os
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    env.pop("LOCK_TEST_CODE", None)
+    code = tmp_path / "nocode.txt"
+    refused = "the lock would refuse every LOCK, UNLOCK and OPEN"
+    cfg = mqtt_config(tmp_path, code_file="nocode.txt")
+    r = doctor(cfg, env)
+    assert f"[FAIL] mqtt: mqtt.code_file: cannot read {code}: No such file or directory; {refused}" in r.stdout
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    r = mqtt_test(cfg, env)
+    assert f"failed: mqtt.code_file: cannot read {code}: No such file or directory; {refused}" in r.stdout
+    assert r.returncode == 1
+    code.write_text(" \n")
+    code.chmod(0o600)
+    r = mqtt_test(cfg, env)
+    assert f"failed: mqtt.code_file: {code} is empty; {refused}" in r.stdout
+    cfg = mqtt_config(tmp_path, code_env="LOCK_TEST_CODE")
+    r = mqtt_test(cfg, env)
+    assert "failed: mqtt.code_env: the environment variable LOCK_TEST_CODE is not set or empty" in r.stdout
+    r = mqtt_test(cfg, {**env, "LOCK_TEST_CODE": "1234"})
+    assert "mqtt.code_env" not in r.stdout and "failed: cannot reach the broker at 127.0.0.1:1" in r.stdout
+
+
+def test_secret_files_open_to_others_are_a_warning(tmp_path):
+    """README: the code and password files readable by the service user only; before, nothing said so."""
+    import os
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    code, password = tmp_path / "code.txt", tmp_path / "password.txt"
+    code.write_text("1234\n")
+    password.write_text("secret\n")
+    code.chmod(0o644)
+    password.chmod(0o640)
+    cfg = mqtt_config(tmp_path, code_file=str(code), password_file=str(password), username="lock")
+    r = doctor(cfg, env)
+    group = __import__("grp").getgrgid(code.stat().st_gid).gr_name
+    assert (f"[WARN] mqtt: mqtt.code_file: {code} is open to group {group} and everyone (mode 0644); it holds a "
+            f"secret: make it readable by the service user only (chmod 600 {code})") in r.stdout
+    assert f"[WARN] mqtt: mqtt.password_file: {password} is open to group {group} (mode 0640)" in r.stdout
+    assert "[FAIL] mqtt: mqtt.code_file" not in r.stdout
+    assert "2 problem(s) found, 2 warning(s)" in r.stdout  # the gallery and the broker; warnings do not fail
+    r = mqtt_test(cfg, env)
+    assert f"warning: mqtt.code_file: {code} is open to" in r.stdout
+    code.chmod(0o600)
+    password.chmod(0o400)
+    r = mqtt_test(cfg, env)
+    assert "warning" not in r.stdout and "failed: cannot reach the broker" in r.stdout

@@ -18,6 +18,7 @@ from lock.imageio import load_image
 from lock.scenes import background
 from lock.vision.pipeline import FacePipeline
 from tests import scenario
+from tests.test_imageio import as_nobody, shut, user  # noqa: F401  (shut is a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +82,76 @@ def test_cli_enroll_reports_each_file_by_name(tmp_path, photos):
     cfg.write_text(yaml.safe_dump(s.model_dump()))
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "first person", str(d)],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1  # some files were skipped
+    # Status 0: the person is enrolled (before: 1 whenever a photo was skipped, so a script saw a failure).
+    assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     for name in ("two_faces.jpg", "no_face.jpg", "truncated.jpg"):
-        assert name in r.stdout
+        assert f"{name}: skipped: " in r.stdout
     assert "enrolled first person: 1 template(s)" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "first person", str(d)],
+                       capture_output=True, text=True, timeout=300)                 # the same command again
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{d / 'good.jpg'}: skipped: already stored: 'first person' has a template from the same photo" \
+        in r.stdout
+    assert "nothing new for first person: 1 photo(s) already stored" in r.stdout
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "faces", "list"],
                        capture_output=True, text=True, timeout=120)
     assert "first person: 1 template(s)" in r.stdout, r.stdout + r.stderr
+    for bad in ("two_faces.jpg", "no_face.jpg", "truncated.jpg"):                  # nothing usable: status 1
+        r = subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), "enroll", "first person",
+                            str(d / bad)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and "nothing enrolled for 'first person'" in r.stderr, r.stdout + r.stderr
+
+
+def test_enrolling_the_same_photos_again_stores_nothing_new(tmp_path, pipe, photos):
+    """Before, running one enrollment twice doubled the person's templates (7 -> 14)."""
+    obama, obama2, obama3, _ = photos.singles
+    path = tmp_path / "gallery.db"
+    with Gallery(path, pipe.model_hash) as g:
+        enroll_files(pipe, g, "resident", [obama, obama2])
+    raw_before = path.read_bytes()
+    with Gallery(path, pipe.model_hash) as g:
+        report = enroll_files(pipe, g, "Resident", [obama, obama2, obama])
+        assert report.stored == [] and report.already == [str(obama), str(obama2), str(obama)]
+        assert report.lines()[0] == f"{obama}: skipped: already stored: 'Resident' has a template from the same photo"
+        assert [(p.name, p.templates) for p in g.people()] == [("resident", 2)]
+    assert path.read_bytes() == raw_before                                           # not even opened for writing
+    with Gallery(path, pipe.model_hash) as g:
+        report = enroll_files(pipe, g, "resident", [obama, obama3, obama2])          # one new photo among them
+        assert report.stored == [str(obama3)] and report.already == [str(obama), str(obama2)]
+        assert [(p.name, p.templates) for p in g.people()] == [("resident", 3)]
+        assert len(enroll_files(pipe, g, "resident", [obama, obama2], replace=True).stored) == 2  # afresh
+        assert [(p.name, p.templates) for p in g.people()] == [("resident", 2)]
+
+
+def test_cli_enroll_says_permission_denied_for_what_it_may_not_read(shut):
+    """Before: "closed: skipped: no image files (...) in this folder" and, for a photo in it,
+    "skipped: no such file or folder", for a folder the user running `lock enroll` may not list."""
+    import contextlib
+    import io
+    import lock.cli
+    import lock.commands
+    import lock.control  # noqa: F401  (imported here: the child running as nobody may not read the stdlib)
+    import lock.vision.pipeline  # noqa: F401
+
+    s = scenario.settings(shut)
+    cfg = shut / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    cfg.chmod(0o644)
+    closed = shut / "closed"
+
+    def enroll():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = lock.cli.main(["--config", str(cfg), "enroll", "resident", str(closed), str(closed / "a.jpg")])
+        return rc, out.getvalue(), err.getvalue(), user()
+
+    rc, out, err, who = as_nobody(enroll)
+    assert rc == 1 and "nothing enrolled for 'resident'" in err, out + err
+    assert f"{closed}: skipped: permission denied: user {who} cannot list this folder\n" in out
+    assert f"{closed / 'a.jpg'}: skipped: permission denied: user {who} cannot reach it" in out
+    assert "no image files" not in out and "no such file" not in out
+    assert not (shut / "gallery.db").exists()
 
 
 def test_the_same_face_under_a_second_name_is_refused(tmp_path, pipe, photos):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+import stat
 import struct
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -161,6 +166,101 @@ def test_iter_images_walks_directories_sorted(tmp_path):
         tmp_path / "a.webp", tmp_path / "b" / "1.png", tmp_path / "b" / "2.JPG", single]
     with pytest.raises(ImageError, match="no such file or directory"):
         iter_images([tmp_path / "missing"])
+
+
+def as_nobody(fn, *args):
+    """``fn(*args)`` with a plain user's permissions: root reads any file whatever its mode.
+
+    As root, a forked child drops to the user ``nobody`` for good and sends back the result (or
+    the exception); not a new process, as the venv's Python may lie where nobody cannot run it.
+    What ``fn`` imports must be imported already, for the same reason.
+    """
+    if os.geteuid() != 0:
+        return fn(*args)
+    import pwd
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("run as root and there is no user 'nobody' to drop to: root is never denied a file")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                out = (True, fn(*args))
+            except BaseException as exc:
+                out = (False, exc)
+            with os.fdopen(w, "wb") as f:
+                pickle.dump(out, f)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.fixture
+def shut():
+    """A folder anyone may enter (not under pytest's 0700 tmp folder): closed/ (mode 0) holding a.jpg,
+    open/ holding good.png, locked.png (mode 0), link.jpg (to closed/a.jpg) and sub/ (mode 0)."""
+    base = Path(tempfile.mkdtemp(prefix="lock-perm-"))
+    base.chmod(0o755)
+    (base / "closed").mkdir()
+    (base / "closed" / "a.jpg").write_bytes(b"x")
+    (base / "open" / "sub").mkdir(parents=True)
+    save(noise(), base / "open" / "good.png")
+    save(noise(), base / "open" / "locked.png").chmod(0)
+    (base / "open" / "link.jpg").symlink_to(base / "closed" / "a.jpg")
+    for d in (base / "closed", base / "open" / "sub"):
+        d.chmod(0)
+    yield base
+    for d in (base / "closed", base / "open" / "sub"):
+        d.chmod(stat.S_IRWXU)
+    shutil.rmtree(base)
+
+
+def user() -> str:
+    import pwd
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_what_cannot_be_read_is_permission_denied_naming_the_user(shut):
+    """Before, Path.rglob swallowed the PermissionError and os.path.lexists said False: `sudo -u lock lock
+    enroll` on a folder only root may list said "no image files", and a photo in it "no such file"."""
+    closed, sub, locked = shut / "closed", shut / "open" / "sub", shut / "open" / "locked.png"
+
+    def look():
+        errors = []
+        for f in (lambda: iter_images([closed]), lambda: iter_images([closed / "a.jpg"]),
+                  lambda: load_image(closed / "a.jpg"), lambda: load_image(locked),
+                  lambda: load_image(shut / "open" / "link.jpg"), lambda: iter_images([shut / "open"])):
+            try:
+                errors.append(f"returned {f()}")
+            except ImageError as exc:
+                errors.append(str(exc))
+        skipped: list = []
+        found = iter_images([closed, shut / "open"], skipped=skipped)
+        return user(), errors, found, skipped
+
+    who, errors, found, skipped = as_nobody(look)
+    assert who != "root"
+    denied = f"permission denied: user {who} cannot"
+    reach = f"{denied} reach it (a folder on its path is closed to them)"
+    assert errors == [f"{closed}: {denied} list this folder", f"{closed / 'a.jpg'}: {reach}",
+                      f"{closed / 'a.jpg'}: {reach}", f"{locked}: {denied} read this file",
+                      f"{shut / 'open' / 'link.jpg'}: {reach}", f"{sub}: {denied} list this folder"]
+    # given a list for them, what cannot be read is named there and the rest still walked
+    assert found == [shut / "open" / "good.png", shut / "open" / "link.jpg", locked]  # load_image says why
+    assert skipped == [(str(closed), f"{denied} list this folder"), (str(sub), f"{denied} list this folder")]
 
 
 def test_encode_jpeg_round_trip(tmp_path):
