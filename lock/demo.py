@@ -80,8 +80,10 @@ def _run(base, root: Path, work: Path, fps: float) -> int:
     pipe = FacePipeline(settings).open()
     with Gallery(settings.gallery.path, pipe.model_hash) as gallery:
         report = enroll_files(pipe, gallery, member, enroll_photos, lookalike=settings.match.threshold)
-    print(f"enrolled {member} from {len(report.stored)} photos "
-          f"({len(report.rejected)} skipped: {'; '.join(report.lines()) or 'none'})")
+    print(f"enrolled {member} from {len(report.stored)} photos; {len(report.rejected)} skipped"
+          + (":" if report.rejected else ""))
+    for what, why in report.rejected:
+        print(f"  {Path(what).name}: {why}")
     print(f"recording: empty porch, {member} walks up, empty porch, {stranger} (not enrolled) walks up; "
           f"{fps:g} fps, mock relay on {settings.door.relay_pin}")
     if settings.mqtt.enabled:
