@@ -59,6 +59,22 @@ def mqtt_secrets(mqtt: config_mod.MQTTSettings) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def _face_unlock_notes(settings) -> list[str]:
+    """Why the running daemon would not let a face in just now (face unlock off, a lockout)."""
+    from lock.control import request
+    try:
+        status = list(request(settings.control.socket, {"cmd": "status"}, timeout=5.0))[-1].get("status", {})
+    except (OSError, LockError, ValueError, IndexError):
+        return []
+    notes = []
+    if status.get("face_unlock") is False:
+        notes.append("face unlock is OFF: no face opens the door (lock face-unlock on, or Home Assistant's switch)")
+    if status.get("locked_out"):
+        notes.append(f"face unlock is suspended by a lockout after unknown faces: "
+                     f"{status.get('lockout_remaining_s', 0):.0f} s left")
+    return notes
+
+
 def doctor(config_path: str | None) -> int:
     problems = 0
     cautions = 0  # not "warnings": the module of that name is imported below
@@ -114,6 +130,8 @@ def doctor(config_path: str | None) -> int:
     running = daemon_running(settings.control.socket)
     if running:
         ok("daemon", f"running (control socket {settings.control.socket}); camera and GPIO are in its hands")
+        for msg in _face_unlock_notes(settings):
+            warn("state", msg)
     else:
         from lock.camera import make_camera
         try:

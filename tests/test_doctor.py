@@ -118,3 +118,23 @@ def test_secret_files_open_to_others_are_a_warning(tmp_path):
     password.chmod(0o400)
     r = mqtt_test(cfg, env)
     assert "warning" not in r.stdout and "failed: cannot reach the broker" in r.stdout
+
+
+def test_doctor_says_when_the_running_daemon_lets_no_face_in(tmp_path):
+    """`lock doctor` said "all good" while face unlock was off (the Home Assistant switch) or a lockout ran."""
+    import os
+
+    from gpiozero.pins.mock import MockFactory
+
+    from lock.daemon import Daemon
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    d = Daemon(s, pin_factory=MockFactory())
+    with scenario.Running(d, stop_when_exhausted=False):
+        assert "[WARN] state" not in doctor(cfg, env).stdout
+        d.set_face_unlock(False)
+        out = doctor(cfg, env).stdout
+        assert "[WARN] state" in out and "face unlock is OFF" in out and "lock face-unlock on" in out, out
