@@ -877,6 +877,10 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
     except ssl.SSLError as exc:
         return False, f"TLS with {where} failed: {exc} (check mqtt.tls: ca_file, cert_file, key_file)"
     except OSError as exc:
+        if settings.tls.enabled and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            # a plain (non-TLS) listener hangs up on a TLS handshake
+            return False, (f"{where} hung up on the TLS handshake: {exc} (mqtt.tls.enabled is true: is this a "
+                           "TLS port, usually 8883, and not a plain one, usually 1883?)")
         return False, f"cannot reach the broker at {where}: {exc} (is it running? are mqtt.host and mqtt.port right?)"
     client.loop_start()
     try:

@@ -699,3 +699,9 @@ def test_constructor_does_no_io(bus_events):
     bridge = MqttBridge(MQTTSettings(port=1, password_file="/nonexistent"), bus_events[0], RecordingHandler())
     assert not bridge.connected and bridge.last_error is None
     assert Topics.of(bridge.settings).lock_command == "face_lock/lock/set"
+
+
+def test_a_tls_client_on_a_plain_listener_is_told_so(mqtt_broker):
+    """It said "Connection reset by peer (is it running? are mqtt.host and mqtt.port right?)"."""
+    ok, why = check(mqtt_broker.settings(tls={"enabled": True}))
+    assert not ok and "mqtt.tls.enabled is true" in why and "plain" in why, why
