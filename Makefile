@@ -11,8 +11,8 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test venv photos mosquitto bench lfw models clean
 
 $(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-	  (echo "error: $(PYTHON) is $$($(PYTHON) -V 2>&1); the lock needs Python >= 3.11 (make PYTHON=python3.11 ...)"; exit 1)
+	@py=$$([ -x $(PY) ] && echo $(PY) || echo $(PYTHON)); $$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  (echo "error: $$py is $$($$py -V 2>&1); the lock needs Python >= 3.11 (make PYTHON=python3.11 ...; an older $(VENV) must be removed first)"; exit 1)
 	@# An existing venv is kept as it is: the Pi's (README) sees apt's packages, which a new
 	@# `python3 -m venv` over it would turn off; and there the Pi's pins ([pi]) stay in force.
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)

@@ -98,6 +98,13 @@ class Commands:
         self._d.set_face_unlock(enabled)
 
 
+def turn_on_hint(settings: config_mod.Settings) -> str:
+    """How face unlock can be turned back on with these settings."""
+    if settings.mqtt.enabled and settings.mqtt.remote_face_unlock_on:
+        return "`lock face-unlock on` or Home Assistant's switch"
+    return "`lock face-unlock on` (at the device)"
+
+
 def door_face(boxes: np.ndarray) -> int | None:
     """Index of the face at the door: the largest box (the nearest the camera); None if no face."""
     if len(boxes) == 0:
@@ -136,6 +143,7 @@ class Daemon:
         self._all_decided = False
         self._enroll_lock = threading.Lock()
         self._state_lock = threading.Lock()  # state.json: one writer at a time
+        self._warned_dir_sync = False
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
         self.decider = self.camera = self.control = None
@@ -231,10 +239,9 @@ class Daemon:
             return self._unusable_state(p, "not the lock's saved state")
         return state
 
-    @staticmethod
-    def _unusable_state(p: Path, why: str) -> dict:
+    def _unusable_state(self, p: Path, why: str) -> dict:
         log.error("%s: %s; face unlock starts OFF (the file may have held it off, or a lockout): turn it back "
-                  "on from Home Assistant or with `lock face-unlock on`", p, why)
+                  "on with %s", p, why, turn_on_hint(self.settings))
         return {"face_unlock": False}
 
     def _save_state(self) -> None:
@@ -253,11 +260,6 @@ class Daemon:
                         f.flush()
                         os.fsync(f.fileno())   # the new state on disk before it replaces the old one
                     os.replace(tmp, p)
-                    dfd = os.open(p.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dfd)          # and the replacement itself
-                    finally:
-                        os.close(dfd)
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
@@ -265,6 +267,18 @@ class Daemon:
         except OSError as exc:
             log.error("cannot save %s: %s (the face unlock setting and any lockout will not survive "
                       "a restart)", p, exc)
+            return
+        try:  # the replacement itself on disk too; some file systems cannot sync a folder: the file is saved
+            dfd = os.open(p.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            if not self._warned_dir_sync:
+                self._warned_dir_sync = True
+                log.warning("%s saved, but its folder %s cannot be synced to disk (%s): a power cut just "
+                            "after a change may bring back the one before", p, p.parent, exc)
 
     def _report_stale(self) -> None:
         stale = self.gallery.stale_templates()
@@ -417,12 +431,18 @@ class Daemon:
             raised.append(e)
             self.bus.publish(e)
             self._save_state()
-        self._all_decided = all(not self.decider.needs_embedding(t) for t in track_ids)
+        # Only the face at the door (the largest) decides: an enrolled face further back (a resident
+        # passing behind, a photo on the wall) must not open the door for the stranger standing at it,
+        # not even in the frames where the face in front is not found (overshadow()).
         at_door = door_face(faces.boxes)
         for i, tid in enumerate(track_ids):
-            # Only the face at the door decides: an enrolled face further back (a resident passing
-            # behind, a photo on the wall) must not open the door for the stranger standing at it.
-            if i != at_door or not self._face_unlock or not self.decider.needs_embedding(tid):
+            if i != at_door:
+                self.decider.overshadow(tid, now)
+        # Faces behind are never decided: the detection rate follows the face at the door alone.
+        self._all_decided = at_door is None or not self.decider.needs_embedding(track_ids[at_door])
+        for i, tid in enumerate(track_ids):
+            if (i != at_door or not self._face_unlock or not self.decider.needs_embedding(tid)
+                    or self.decider.overshadowed(tid, now)):
                 continue
             a = self.pipeline.analyse(image, faces, i)
             match = None

@@ -87,6 +87,7 @@ class _Track:
     conflicted: bool = False
     decision: str | None = None      # RECOGNIZED, DENIED or UNKNOWN once decided
     best: Match | None = None        # best-scoring match seen, for the audit log
+    overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -184,6 +185,21 @@ class Decider:
         track = self._tracks.get(track_id)
         return track is not None and track.decision is None
 
+    def overshadow(self, track_id: int, now: float | None = None) -> None:
+        """A larger face is in view: this one is not at the door.  Its votes so far are dropped and it
+        gets none for ``window_seconds``, so that frames in which the face in front is not found (turned
+        away, looking down) cannot add up to let the face behind it in."""
+        now = self._clock() if now is None else now
+        track = self._tracks.get(track_id)
+        if track is not None:
+            track.votes.clear()
+            track.overshadowed_until = now + self.settings.window_seconds
+
+    def overshadowed(self, track_id: int, now: float | None = None) -> bool:
+        now = self._clock() if now is None else now
+        track = self._tracks.get(track_id)
+        return track is not None and now < track.overshadowed_until
+
     # -- votes ----------------------------------------------------------------
 
     def vote(self, track_id: int, match: Match | None, now: float | None = None) -> list[Event]:
@@ -196,7 +212,7 @@ class Decider:
         track = self._tracks.get(track_id)
         if track is None:
             raise KeyError(f"no track {track_id}: observe() ended it or never started it")
-        if track.decision is not None or match is None:
+        if track.decision is not None or match is None or now < track.overshadowed_until:
             return []
         s, m = self.settings, self.match_settings
         track.embedded += 1

@@ -33,10 +33,19 @@ def mqtt_secrets(mqtt: config_mod.MQTTSettings) -> tuple[list[str], list[str]]:
         problems.append(f"mqtt.code_file: cannot read {mqtt.code_file}{user}: {why}; {refused}")
     except ValueError as exc:  # read, but nothing in it (unless the message says otherwise)
         said = str(exc) if str(exc).startswith("mqtt.") else None
-        empty = (f"mqtt.code_file: {mqtt.code_file} is empty" if mqtt.code_file else
-                 f"mqtt.code_env: the environment variable {mqtt.code_env} is not set or empty "
-                 "(the service needs it in its own environment)")
-        problems.append(f"{said or empty}; {refused}")
+        if mqtt.code_file or said:
+            problems.append(f"{said or f'mqtt.code_file: {mqtt.code_file} is empty'}; {refused}")
+        else:
+            # This shell's environment is not the service's (sudo -u resets it; systemd sets its own).
+            warnings.append(f"mqtt.code_env: {mqtt.code_env} is not set here; the service needs it in its own "
+                            f"environment (Environment= or EnvironmentFile= in its unit), else {refused}")
+    if mqtt.password_file:
+        try:
+            if not Path(mqtt.password_file).read_text(encoding="utf-8").strip():
+                problems.append(f"mqtt.password_file: {mqtt.password_file} is empty (the broker would be sent "
+                                "an empty password)")
+        except (OSError, UnicodeDecodeError):
+            pass  # named by the broker check
     if mqtt.allow_no_code and not code_configured(mqtt):
         warnings.append(f"mqtt.allow_no_code is on and no code is set: UNLOCK and OPEN on "
                         f"{Topics.of(mqtt).lock_command} are obeyed from any client the broker lets publish "
@@ -68,7 +77,8 @@ def _face_unlock_notes(settings) -> list[str]:
         return []
     notes = []
     if status.get("face_unlock") is False:
-        notes.append("face unlock is OFF: no face opens the door (lock face-unlock on, or Home Assistant's switch)")
+        from lock.daemon import turn_on_hint
+        notes.append(f"face unlock is OFF: no face opens the door (turn it on with {turn_on_hint(settings)})")
     if status.get("locked_out"):
         notes.append(f"face unlock is suspended by a lockout after unknown faces: "
                      f"{status.get('lockout_remaining_s', 0):.0f} s left")

@@ -89,8 +89,9 @@ def test_doctor_and_mqtt_test_read_the_code_as_the_daemon_does(tmp_path):
     r = mqtt_test(cfg, env)
     assert f"failed: mqtt.code_file: {code} is empty; {refused}" in r.stdout
     cfg = mqtt_config(tmp_path, code_env="LOCK_TEST_CODE")
-    r = mqtt_test(cfg, env)
-    assert "failed: mqtt.code_env: the environment variable LOCK_TEST_CODE is not set or empty" in r.stdout
+    r = mqtt_test(cfg, env)   # this shell's environment is not the service's: a warning, not a failure
+    assert "warning: mqtt.code_env: LOCK_TEST_CODE is not set here; the service needs it" in r.stdout
+    assert "failed: mqtt.code_env" not in r.stdout
     r = mqtt_test(cfg, {**env, "LOCK_TEST_CODE": "1234"})
     assert "mqtt.code_env" not in r.stdout and "failed: cannot reach the broker at 127.0.0.1:1" in r.stdout
 
@@ -118,6 +119,10 @@ def test_secret_files_open_to_others_are_a_warning(tmp_path):
     password.chmod(0o400)
     r = mqtt_test(cfg, env)
     assert "warning" not in r.stdout and "failed: cannot reach the broker" in r.stdout
+    password.chmod(0o600)
+    password.write_text("\n")
+    r = mqtt_test(cfg, env)
+    assert f"failed: mqtt.password_file: {password} is empty" in r.stdout and r.returncode == 1
 
 
 def test_doctor_says_when_the_running_daemon_lets_no_face_in(tmp_path):

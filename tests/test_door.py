@@ -365,33 +365,40 @@ def test_a_failed_write_at_the_end_of_a_pulse_is_retried(factory, events):
 
 def test_the_daemon_stops_when_the_relay_cannot_be_turned_off(tmp_path):
     """`lock run` exits (status 1) so that systemd's ExecStopPost forces the relay off from a fresh process."""
+    import os
+
     from lock import daemon as daemon_mod
+    from lock.control import request
     from tests import scenario
     frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
     s = scenario.settings(tmp_path, frames, camera={"loop": True}, door={"unlock_seconds": 0.2})
     factory = MockFactory()
     pin = factory.pin(RELAY)
-    result = {}
-    with _FailingWrites(pin) as fail:
-        d = daemon_mod.Daemon(s, pin_factory=factory)
-        d.open()
-        d.door.unlock("test")
-        fail.on = True
-        t = threading.Thread(target=lambda: result.setdefault("error", _run_catching(d)), daemon=True)
-        t.start()
-        t.join(30)
-        stopped = not t.is_alive()
-        d.stop_event.set()
-    d.close()
-    assert stopped and isinstance(result["error"], DoorError), result
+    unlocked = threading.Event()
 
+    def unlock_then_fail():   # from the side, as `lock unlock` would: run() holds the main thread
+        assert wait_for(lambda: os.path.exists(s.control.socket), 30)
+        fail.on = True        # from now on the relay can be turned on, not off
+        unlocked.set()
+        list(request(s.control.socket, {"cmd": "unlock"}))
 
-def _run_catching(d):
+    import signal
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        d.run()
-    except Exception as exc:  # noqa: BLE001
-        return exc
-    return None
+        with _FailingWrites(pin) as fail:
+            side = threading.Thread(target=unlock_then_fail, daemon=True)
+            side.start()
+            # Should the loop not stop by itself, a SIGTERM stops it (rc 0: the test fails, not hangs).
+            stopper = threading.Timer(60, os.kill, (os.getpid(), signal.SIGTERM))
+            stopper.start()
+            rc = daemon_mod.run(s, None, pin_factory=factory)   # (installs its signal handlers)
+            stopper.cancel()
+            side.join(10)
+            fail.on = False
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert unlocked.is_set() and rc == 1
 
 
 def test_lgpio_gets_a_private_folder_outside_systemd(tmp_path):
