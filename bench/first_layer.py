@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -88,28 +87,6 @@ def to_float(model, shape) -> bytes:
         [convert_variables_to_constants_v2(serve.get_concrete_function())]).convert()
 
 
-def invoke_ms(blob: bytes, shape, threads: int, rng, reps: int = 200) -> float:
-    """Best mean invoke time of 15 rounds, int8 or float input as the model takes."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=blob, num_threads=threads)
-    d = it.get_input_details()[0]
-    it.resize_tensor_input(d["index"], list(shape))
-    it.allocate_tensors()
-    if d["dtype"] == np.int8:
-        it.set_tensor(d["index"], rng.integers(-128, 127, shape).astype(np.int8))
-    else:
-        it.set_tensor(d["index"], rng.uniform(-1, 1, shape).astype(np.float32))
-    it.invoke()
-    best = float("inf")
-    for _ in range(15):
-        t = time.perf_counter()
-        for _ in range(reps):
-            it.invoke()
-        best = min(best, (time.perf_counter() - t) / reps * 1e3)
-    return best
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -117,7 +94,7 @@ def main() -> int:
         "LOCK_MODELS_CACHE", Path.home() / ".cache" / "lock-models")))
     args = ap.parse_args()
     import build
-    from mtcnn_layers import to_int8
+    from mtcnn_layers import invoke_ms, to_int8
 
     sds = build.load_mtcnn_state_dicts(args.cache)
     rng = np.random.default_rng(0)

@@ -60,10 +60,13 @@ def invoke_ms(blob: bytes, shape, threads: int, rng, reps: int = 200) -> float:
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=blob, num_threads=threads)
-    idx = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(idx, list(shape))
+    d = it.get_input_details()[0]
+    it.resize_tensor_input(d["index"], list(shape))
     it.allocate_tensors()
-    it.set_tensor(idx, rng.integers(-128, 127, shape).astype(np.int8))
+    if d["dtype"] == np.int8:
+        it.set_tensor(d["index"], rng.integers(-128, 127, shape).astype(np.int8))
+    else:  # a float model (bench/first_layer.py)
+        it.set_tensor(d["index"], rng.uniform(-1, 1, shape).astype(np.float32))
     it.invoke()
     best = float("inf")
     for _ in range(15):
