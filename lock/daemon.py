@@ -105,6 +105,13 @@ def turn_on_hint(settings: config_mod.Settings) -> str:
     return "`lock face-unlock on` (at the device)"
 
 
+# A face is behind another when the other's box has at least this much more area (about 1.22x
+# the side): a stranger at the door and a face further back differ by far more (2x-6x in area),
+# while two people side by side at the door, the largest changing from frame to frame, do not:
+# each of them votes in the frames where it is the largest, and neither blocks the other.
+OVERSHADOW_AREA_RATIO = 1.5
+
+
 def door_face(boxes: np.ndarray) -> int | None:
     """Index of the face at the door: the largest box (the nearest the camera); None if no face."""
     if len(boxes) == 0:
@@ -435,9 +442,12 @@ class Daemon:
         # passing behind, a photo on the wall) must not open the door for the stranger standing at it,
         # not even in the frames where the face in front is not found (overshadow()).
         at_door = door_face(faces.boxes)
-        for i, tid in enumerate(track_ids):
-            if i != at_door:
-                self.decider.overshadow(tid, now)
+        if at_door is not None:
+            wh = faces.boxes[:, 2:4] - faces.boxes[:, 0:2]
+            area = wh[:, 0] * wh[:, 1]
+            for i, tid in enumerate(track_ids):
+                if area[at_door] >= OVERSHADOW_AREA_RATIO * area[i]:
+                    self.decider.overshadow(tid, now)
         # Faces behind are never decided: the detection rate follows the face at the door alone.
         self._all_decided = at_door is None or not self.decider.needs_embedding(track_ids[at_door])
         for i, tid in enumerate(track_ids):

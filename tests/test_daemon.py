@@ -510,3 +510,29 @@ def test_a_face_behind_does_not_keep_detection_at_full_rate(tmp_path, pipe, peop
         assert d.stats.detections <= 15, d.stats.detections    # 2 to decide, then every 0.5 s: about 9
     finally:
         d.close()
+
+
+def test_two_people_side_by_side_at_the_door_are_let_in(tmp_path, pipe, people):
+    """Faces of about one size, the largest changing from frame to frame, must not block each other."""
+    from lock.scenes import background
+    from lock.imageio import load_image
+    a, b = people["a"], people["b"]
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    pa = people["val"][a][0]
+    pb = next(p for p in people["val"][b] if scenario.face_box(load_image(p)) is not None)
+    scene = background(scenario.SIZE, 1)
+    a_larger = _at(_at(scene, pb, 170, (470, 250)), pa, 185, (190, 250))
+    b_larger = _at(_at(scene, pb, 185, (470, 250)), pa, 170, (190, 250))
+    d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera())
+    d.open()
+    try:
+        from lock.daemon import door_face
+        for frame, left_is_larger in ((a_larger, True), (b_larger, False)):
+            boxes = d.pipeline.detect(frame).boxes
+            assert len(boxes) >= 2                                   # both faces found
+            assert (boxes[door_face(boxes), 0] < 320) == left_is_larger   # the largest changes sides
+        raised = [e for k, f in enumerate([a_larger, b_larger] * 3) for e in d.process(f, now=1000.0 + 0.2 * k)]
+        assert [e.person for e in raised if e.kind == ev.RECOGNIZED] == [a]
+    finally:
+        d.close()
