@@ -148,6 +148,7 @@ class Daemon:
         self._last_detect = -1e9
         self._last_faces = 0
         self._all_decided = False
+        self._in_front: dict[int, tuple[float, float]] = {}  # door face's track id -> (last seen, box area)
         self._enroll_lock = threading.Lock()
         self._state_lock = threading.Lock()  # state.json: one writer at a time
         self._warned_dir_sync = False
@@ -442,14 +443,21 @@ class Daemon:
         # passing behind, a photo on the wall) must not open the door for the stranger standing at it,
         # not even in the frames where the face in front is not found (overshadow()).
         at_door = door_face(faces.boxes)
+        # Remembered by scene, not by track: a face behind that gets a new track id (its track ended,
+        # its box jumped, it was hidden behind the head in front) is still behind.
+        hold = max(s.decide.window_seconds, s.decide.track_timeout_seconds)
+        self._in_front = {t: v for t, v in self._in_front.items() if now - v[0] < hold}
         if at_door is not None:
             wh = faces.boxes[:, 2:4] - faces.boxes[:, 0:2]
             area = wh[:, 0] * wh[:, 1]
+            self._in_front[track_ids[at_door]] = (now, float(area[at_door]))
             for i, tid in enumerate(track_ids):
-                if area[at_door] >= OVERSHADOW_AREA_RATIO * area[i]:
+                if any(t != tid and a >= OVERSHADOW_AREA_RATIO * area[i] for t, (_, a) in self._in_front.items()):
                     self.decider.overshadow(tid, now)
-        # Faces behind are never decided: the detection rate follows the face at the door alone.
-        self._all_decided = at_door is None or not self.decider.needs_embedding(track_ids[at_door])
+        # Faces behind are never decided: the detection rate follows the face at the door alone (and with
+        # face unlock off nothing is decided: the tracks only need keeping alive).
+        self._all_decided = (not self._face_unlock or at_door is None
+                             or not self.decider.needs_embedding(track_ids[at_door]))
         for i, tid in enumerate(track_ids):
             if (i != at_door or not self._face_unlock or not self.decider.needs_embedding(tid)
                     or self.decider.overshadowed(tid, now)):

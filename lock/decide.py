@@ -87,6 +87,7 @@ class _Track:
     conflicted: bool = False
     decision: str | None = None      # RECOGNIZED, DENIED or UNKNOWN once decided
     best: Match | None = None        # best-scoring match seen, for the audit log
+    voted: set[str] = dataclasses.field(default_factory=set)  # everyone it ever voted for (lockout attribution)
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
 
 
@@ -149,7 +150,7 @@ class Decider:
             del self._tracks[track.id]
             if track.decision is None and track.embedded:
                 weight = track.embedded / s.unknown_after
-                voted_for = next(iter(track.votes)) if len(track.votes) == 1 else None
+                voted_for = next(iter(track.voted)) if len(track.voted) == 1 else None
                 log.info("track %d ended undecided after %d embedded frame(s) (%d with a vote): %.2f of an "
                          "unknown towards the lockout", track.id, track.embedded,
                          sum(len(v) for v in track.votes.values()), weight)
@@ -227,6 +228,7 @@ class Decider:
                             track.id, match.person, ", ".join(track.votes))
                 track.conflicted = True
             track.votes.setdefault(match.person, collections.deque()).append((now, match.score))
+            track.voted.add(match.person)
         for recent in track.votes.values():
             while recent and now - recent[0][0] > s.window_seconds:
                 recent.popleft()

@@ -413,3 +413,18 @@ def test_schedule_hours_with_a_time_zone_are_refused():
     # every lookup in the gallery, so no one at all would get in)
     stored = Schedule.from_json('{"days": ["mon"], "start": "00:00:00+00:00", "end": "23:59:00+00:00"}')
     assert not any(stored.allows(dt.datetime(2024, 5, 6, h, 30)) for h in range(24))
+
+
+def test_a_residents_broken_track_is_still_theirs_after_a_face_in_front_cleared_its_votes():
+    """overshadow() clears the votes; the track ended as nobody's and was never forgiven (found by review)."""
+    d = make(lockout_after=5, unknown_after=4)
+    d.observe(np.empty((0, 4)), 10.0)
+    ids, _ = feed(d, [RESIDENT, STRANGER], start=20.0)   # one winning frame, then looks down
+    tid = ids[-1]
+    d.overshadow(tid, 20.2)                              # someone crosses in front
+    assert d.overshadowed(tid, 20.3) and d.vote(tid, RESIDENT, 20.3) == []
+    d.observe(np.empty((0, 4)), 30.0)                   # the track ends undecided: 2 frames, 0.5 unknown
+    assert d.status(31.0)["recent_unknowns"] == 0.5
+    d.observe(np.empty((0, 4)), 80.0)
+    _, events = feed(d, [RESIDENT, RESIDENT], start=90.0)
+    assert kinds(events) == ["recognized"] and d.status(91.0)["recent_unknowns"] == 0.0
