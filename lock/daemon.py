@@ -445,8 +445,11 @@ class Daemon:
         at_door = door_face(faces.boxes)
         # Remembered by scene, not by track: a face behind that gets a new track id (its track ended,
         # its box jumped, it was hidden behind the head in front) is still behind.
+        # A detection that finds no face at all ends it: whoever was in front has gone (while they are
+        # only missed, the face behind them is still found), and the next person walking up, small at
+        # first, must not be held off by the last one.
         hold = max(s.decide.window_seconds, s.decide.track_timeout_seconds)
-        self._in_front = {t: v for t, v in self._in_front.items() if now - v[0] < hold}
+        self._in_front = {t: v for t, v in self._in_front.items() if now - v[0] < hold and len(faces)}
         if at_door is not None:
             wh = faces.boxes[:, 2:4] - faces.boxes[:, 0:2]
             area = wh[:, 0] * wh[:, 1]

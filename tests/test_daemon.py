@@ -584,3 +584,23 @@ def test_with_face_unlock_off_a_face_in_view_is_not_detected_every_frame(tmp_pat
         assert 4 <= d.stats.detections <= 15, d.stats.detections    # every 0.5 s: about 9
     finally:
         d.close()
+
+
+def test_the_next_person_is_not_held_off_by_the_last_one(tmp_path, pipe, people):
+    """The face at the door was remembered for 3 s even after it had gone: the next person walking up,
+    smaller at first, got no votes (bench/unlock_time.py: 11 of 25 walk-ups let in instead of 16)."""
+    from lock.scenes import background
+    a, stranger = people["a"], people["stranger"]
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    scene = background(scenario.SIZE, 1)
+    close = _at(scene, people["val"][stranger][0], 220, (430, 240))
+    farther = _at(scene, people["val"][a][0], 130, (150, 200))      # elsewhere: not the last one's track
+    d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera())
+    d.open()
+    try:
+        steps = [(1000.0 + 0.1 * k, close) for k in range(6)] + [(1000.6, scene), (1001.0, scene)]
+        steps += [(1001.1 + 0.1 * k, farther) for k in range(4)]          # within 3 s of the last one
+        assert [e.person for t, f in steps for e in d.process(f, now=t) if e.kind == ev.RECOGNIZED] == [a]
+    finally:
+        d.close()
