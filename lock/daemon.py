@@ -112,12 +112,14 @@ def turn_on_hint(settings: config_mod.Settings) -> str:
 OVERSHADOW_AREA_RATIO = 1.5
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    wh = boxes[:, 2:4] - boxes[:, 0:2]
+    return wh[:, 0] * wh[:, 1]
+
+
 def door_face(boxes: np.ndarray) -> int | None:
     """Index of the face at the door: the largest box (the nearest the camera); None if no face."""
-    if len(boxes) == 0:
-        return None
-    wh = boxes[:, 2:4] - boxes[:, 0:2]
-    return int(np.argmax(wh[:, 0] * wh[:, 1]))
+    return int(np.argmax(box_areas(boxes))) if len(boxes) else None
 
 
 class Daemon:
@@ -451,8 +453,7 @@ class Daemon:
         hold = max(s.decide.window_seconds, s.decide.track_timeout_seconds)
         self._in_front = {t: v for t, v in self._in_front.items() if now - v[0] < hold and len(faces)}
         if at_door is not None:
-            wh = faces.boxes[:, 2:4] - faces.boxes[:, 0:2]
-            area = wh[:, 0] * wh[:, 1]
+            area = box_areas(faces.boxes)
             self._in_front[track_ids[at_door]] = (now, float(area[at_door]))
             for i, tid in enumerate(track_ids):
                 if any(t != tid and a >= OVERSHADOW_AREA_RATIO * area[i] for t, (_, a) in self._in_front.items()):
