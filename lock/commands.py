@@ -232,7 +232,7 @@ def cmd_face_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_mqtt_test(args: argparse.Namespace) -> int:
-    from lock.doctor import mqtt_secrets
+    from lock.doctor import daemon_status, mqtt_secrets
     from lock.mqtt import check
     settings = _load(args)
     problems, warnings = mqtt_secrets(settings.mqtt)  # the code: the daemon reads it only at start
@@ -240,7 +240,11 @@ def cmd_mqtt_test(args: argparse.Namespace) -> int:
         print(f"failed: {msg}")
     for msg in warnings:
         print(f"warning: {msg}")
-    ok, why = check(settings.mqtt)
+    status = daemon_status(settings)   # {} when no daemon answers
+    if status.get("mqtt_conflict"):
+        problems.append(status["mqtt_conflict"])
+        print(f"failed: the running lock says: {status['mqtt_conflict']}")
+    ok, why = check(settings.mqtt, instance=status.get("mqtt_instance"))
     print(("ok: " if ok else "failed: ") + why)
     return 0 if ok and not problems else 1
 

@@ -338,6 +338,8 @@ class Daemon:
             "fps": round(self.stats.fps, 1),
             "latency_ms": round(self.stats.latency_ms, 1),
             "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
+            "mqtt_conflict": self.mqtt.conflict if self.mqtt else None,
+            "mqtt_instance": self.mqtt.instance if self.mqtt else None,
             "frames": self.stats.frames,
         }
 

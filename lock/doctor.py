@@ -68,13 +68,18 @@ def mqtt_secrets(mqtt: config_mod.MQTTSettings) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
-def _face_unlock_notes(settings) -> list[str]:
-    """Why the running daemon would not let a face in just now (face unlock off, a lockout)."""
+def daemon_status(settings) -> dict:
+    """The running daemon's status (lock status), or {} when it does not answer."""
     from lock.control import request
     try:
         status = list(request(settings.control.socket, {"cmd": "status"}, timeout=5.0))[-1].get("status", {})
     except (OSError, LockError, ValueError, IndexError):
-        return []
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _face_unlock_notes(settings, status: dict) -> list[str]:
+    """Why the running daemon would not let a face in just now (face unlock off, a lockout)."""
     notes = []
     if status.get("face_unlock") is False:
         from lock.daemon import turn_on_hint
@@ -138,9 +143,10 @@ def doctor(config_path: str | None) -> int:
 
     from lock.control import daemon_running
     running = daemon_running(settings.control.socket)
+    status = daemon_status(settings) if running else {}
     if running:
         ok("daemon", f"running (control socket {settings.control.socket}); camera and GPIO are in its hands")
-        for msg in _face_unlock_notes(settings):
+        for msg in _face_unlock_notes(settings, status):
             warn("state", msg)
     else:
         from lock.camera import make_camera
@@ -195,7 +201,9 @@ def doctor(config_path: str | None) -> int:
             bad("mqtt", msg)
         for msg in notes:
             warn("mqtt", msg)
-        good, why = check(settings.mqtt)
+        if status.get("mqtt_conflict"):
+            bad("mqtt", f"the running lock says: {status['mqtt_conflict']}")
+        good, why = check(settings.mqtt, instance=status.get("mqtt_instance"))
         (ok if good else bad)("mqtt", why)
     else:
         ok("mqtt", "off in config (mqtt.enabled)")

@@ -10,12 +10,13 @@ Topics (``<base>`` is ``mqtt.base_topic``)::
     <base>/availability      online / offline, retained (offline is the last will)
     <base>/lock/state        LOCKED UNLOCKED LOCKING UNLOCKING OPEN OPENING JAMMED, retained
     <base>/lock/set          commands LOCK UNLOCK OPEN (JSON {"action", "code"} when a code is set)
-    <base>/event             JSON Event.public_dict() of door events (HA `event` entity)
+    <base>/event             JSON Event.public_dict() and "id" of door events (HA `event` entity)
     <base>/face_unlock/state ON / OFF, retained;  <base>/face_unlock/set  ON / OFF
     <base>/door/state        ON (open) / OFF (closed), retained
     <base>/last_person       name of the last person recognised, retained
     <base>/stats             JSON {"fps", "latency_ms"}
     <base>/unknown_face      JPEG of the last unknown face (only if mqtt.unknown_image)
+    <base>/instance          JSON {"instance", "host", "reply"}: each lock's hello (see HELLO_EVERY_SECONDS)
 
 Delivery: the bus callback only appends to a bounded queue; one sender thread
 hands one message at a time (QoS 1) to paho while connected and removes it
@@ -40,10 +41,12 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -78,6 +81,24 @@ REDISCOVERY_SECONDS = 5.0
 CODE_LOCKOUT_AFTER = 5
 CODE_LOCKOUT_SECONDS = 60
 CODE_LOCKOUT_MAX_SECONDS = 3600
+# Two locks on one broker must not share topics: Home Assistant's UNLOCK for one would open both doors,
+# and each would count the other's codes as wrong ones.  (The defaults are the same on every install,
+# so a second lock set up from a copy of the first one's config does exactly that.)  Each bridge says
+# hello on <base>/instance when it connects and every HELLO_EVERY_SECONDS, with a token new at every
+# start, and answers another's hello at once (at most every HELLO_REPLY_SECONDS); the broker does not
+# echo a client's own messages (MQTT 5 No Local).  While a hello with another token was heard in the
+# last CONFLICT_SECONDS, or the broker handed this lock's client id to another client, every remote lock
+# command and face unlock ON are refused; OFF is obeyed.  Two clients with one id take the session from
+# each other on every reconnect, so their hellos never meet: the broker may say so (MQTT 5 reason code
+# 142, Session taken over; mosquitto 2.0 does not), else a connection closed within TAKEOVER_SECONDS of
+# its CONNACK, TAKEOVER_DROPS times in a row, each time taken back at the first try (a broker restart
+# refuses that first try), is taken for it.
+HELLO_EVERY_SECONDS = 60.0
+HELLO_REPLY_SECONDS = 5.0
+CONFLICT_SECONDS = 180.0
+SESSION_TAKEN_OVER = 142
+TAKEOVER_SECONDS = 30.0
+TAKEOVER_DROPS = 3
 
 
 class CommandHandler(Protocol):
@@ -107,6 +128,7 @@ class Topics:
     stats: str
     image: str
     ha_status: str
+    instance: str
 
     @classmethod
     def of(cls, settings: MQTTSettings) -> "Topics":
@@ -115,7 +137,8 @@ class Topics:
                    lock_command=f"{b}/lock/set", event=f"{b}/event",
                    switch_state=f"{b}/face_unlock/state", switch_command=f"{b}/face_unlock/set",
                    door=f"{b}/door/state", last_person=f"{b}/last_person", stats=f"{b}/stats",
-                   image=f"{b}/unknown_face", ha_status=f"{settings.discovery_prefix}/status")
+                   image=f"{b}/unknown_face", ha_status=f"{settings.discovery_prefix}/status",
+                   instance=f"{b}/instance")
 
 
 def device_id(settings: MQTTSettings) -> str:
@@ -215,9 +238,10 @@ def read_code(settings: MQTTSettings) -> str | None:
     return code
 
 
-def _make_client(settings: MQTTSettings, *, will: bool) -> paho.Client:
+def _make_client(settings: MQTTSettings, *, will: bool, client_id: str | None = None) -> paho.Client:
     """A configured paho client; reads the password and TLS files (raises OSError/ssl.SSLError)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or settings.client_id,
+                         protocol=paho.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, read_password(settings))
     elif settings.password_file:
@@ -262,6 +286,33 @@ def _json_default(value: Any) -> Any:
 
 def _dumps(payload: Any) -> str:
     return json.dumps(payload, default=_json_default, separators=(",", ":"))
+
+
+def hello(instance: str, reply: bool) -> str:
+    """The payload a lock says hello with on ``<base>/instance``."""
+    return _dumps({"instance": instance, "host": socket.gethostname(), "reply": reply})
+
+
+def read_hello(payload: bytes) -> tuple[str, str, bool] | None:
+    """(instance, host, reply) of a hello, or None for anything else."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("instance"), str) or not data["instance"]:
+        return None
+    host = data.get("host")
+    host = host[:64] if isinstance(host, str) and host.isprintable() else "?"
+    return data["instance"][:64], host, data.get("reply") is True
+
+
+def conflict_message(settings: MQTTSettings, host: str) -> str:
+    return (f"another lock (host {host}) uses this lock's topics on the broker (mqtt.base_topic = "
+            f"{settings.base_topic}): Home Assistant's commands for one would reach both; remote lock commands "
+            "and face unlock ON are refused until each lock has its own mqtt.base_topic and mqtt.client_id "
+            "(README: More than one lock)")
 
 
 # --------------------------------------------------------------------------- bridge
@@ -357,8 +408,18 @@ class MqttBridge:
 
     def __init__(self, settings: MQTTSettings, bus: EventBus, handler: CommandHandler, *,
                  clock: Callable[[], float] = time.time, has_contact: bool = False,
-                 outbox: Outbox | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 outbox: Outbox | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 instance: str | None = None) -> None:
         self.settings = settings
+        self.instance = instance or uuid.uuid4().hex   # this run's token in the hellos (HELLO_EVERY_SECONDS)
+        self._monotonic = monotonic
+        self._others: dict[str, tuple[str, float]] = {}   # another lock's token -> (host, last heard)
+        self._taken_over_at: float | None = None
+        self._connected_at = 0.0
+        self._quick_drops = 0   # connections closed soon after their CONNACK, each reconnected at the first try
+        self._failed_tries = 0
+        self._next_hello = 0.0
+        self._replied_at = -HELLO_REPLY_SECONDS
         self._outbox = outbox
         self.topics = Topics.of(settings)
         self._bus = bus
@@ -410,6 +471,21 @@ class MqttBridge:
     def queued(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    @property
+    def conflict(self) -> str | None:
+        """Why remote lock commands are refused just now (another lock on these topics), or None."""
+        now = self._monotonic()
+        with self._cond:
+            heard = [(t, host) for host, t in self._others.values() if now - t < CONFLICT_SECONDS]
+            taken = self._taken_over_at is not None and now - self._taken_over_at < CONFLICT_SECONDS
+        if heard:
+            return conflict_message(self.settings, max(heard)[1])
+        if taken:
+            return (f"the broker keeps dropping this lock for another MQTT client with its client id (mqtt.client_id"
+                    f" = {self.settings.client_id}); remote lock commands and face unlock ON are refused until "
+                    "each lock has its own mqtt.client_id and mqtt.base_topic (README: More than one lock)")
+        return None
 
     # -- life cycle
 
@@ -509,7 +585,10 @@ class MqttBridge:
 
     def _event_message(self, event: Event) -> _Message:
         """A door event for Home Assistant's event entity, carrying its uid for the outbox."""
-        return _Message(self.topics.event, _dumps(event.public_dict(self.settings.publish_scores)), uid=event.uid)
+        # "id": the same for an event sent again after a restart (delivery is at least once), so a consumer
+        # can drop the repeat; "time": when it happened (Home Assistant stamps it when it arrives).
+        payload = {**event.public_dict(self.settings.publish_scores), "id": event.uid}
+        return _Message(self.topics.event, _dumps(payload), uid=event.uid)
 
     def _requeue_unsent(self) -> None:
         """Door events an earlier run raised but the broker never acknowledged go first, in order."""
@@ -559,13 +638,22 @@ class MqttBridge:
         self._control.clear()
         self._control.extend(kept + fresh)
 
+    def _periodic_hello(self) -> None:
+        """Called with the lock held: say hello again every HELLO_EVERY_SECONDS while connected."""
+        now = self._monotonic()
+        if self._connected and now >= self._next_hello:
+            self._next_hello = now + HELLO_EVERY_SECONDS
+            self._control.append(_Message(self.topics.instance, hello(self.instance, False)))
+
     def _send_loop(self) -> None:
         while True:
             with self._cond:
                 self._rediscover()
+                self._periodic_hello()
                 while not self._closing and not (self._connected and (self._control or self._queue)):
                     self._cond.wait(0.5)
                     self._rediscover()
+                    self._periodic_hello()
                 if self._closing:
                     return
                 msg = self._control.popleft() if self._control else self._queue.popleft()
@@ -622,6 +710,7 @@ class MqttBridge:
         self._answered = True   # a CONNACK came, refusing or not
         if reason_code.is_failure:
             self._connected = False
+            self._failed_tries += 1
             # Not a tight loop: paho's next try waits refused_retry_seconds (reconnect_delay_set resets the wait).
             client.reconnect_delay_set(self.settings.refused_retry_seconds, self.settings.refused_retry_seconds)
             hint = ("the lock speaks MQTT 5: the broker must too (mosquitto 1.6 or later)"
@@ -633,14 +722,21 @@ class MqttBridge:
             return
         client.reconnect_delay_set(1, self.settings.retry_max_seconds)
         self._last_error = None
+        if self._failed_tries:
+            self._quick_drops = 0
+        self._failed_tries = 0
+        self._connected_at = self._monotonic()
         # Retain As Published: a command published with the retain flag keeps it when delivered live
         # too (MQTT 3.1.1 cleared it), so a retained command is never acted on, live or replayed.
         rap = SubscribeOptions(qos=1, retainAsPublished=True)
         client.subscribe([(self.topics.lock_command, rap), (self.topics.switch_command, rap),
-                          (self.topics.ha_status, SubscribeOptions(qos=1))])
+                          (self.topics.ha_status, SubscribeOptions(qos=1)),
+                          (self.topics.instance, SubscribeOptions(qos=1, noLocal=True))])
         with self._cond:
             self._control.clear()
             self._control.append(_Message(self.topics.availability, ONLINE, retain=True))
+            self._control.append(_Message(self.topics.instance, hello(self.instance, False)))
+            self._next_hello = self._monotonic() + HELLO_EVERY_SECONDS
             self._control.extend(self._discovery())
             self._control.extend(self._last_state.values())
             self._connected = True
@@ -657,6 +753,7 @@ class MqttBridge:
         # paho calls this inside its `except OSError`, so the cause is still at hand.
         exc = sys.exc_info()[1]
         self._connected = False
+        self._failed_tries += 1
         if isinstance(exc, ssl.SSLError):
             client.reconnect_delay_set(self.settings.refused_retry_seconds, self.settings.refused_retry_seconds)
             self._fail(f"TLS with {self.settings.host}:{self.settings.port} failed: {exc}; check mqtt.tls "
@@ -672,12 +769,23 @@ class MqttBridge:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
+        if was and not self._closing:
+            now = self._monotonic()
+            quick = now - self._connected_at < TAKEOVER_SECONDS
+            self._quick_drops = self._quick_drops + 1 if quick else 0
+            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._quick_drops >= TAKEOVER_DROPS:
+                with self._cond:
+                    first = self._taken_over_at is None or now - self._taken_over_at >= CONFLICT_SECONDS
+                    self._taken_over_at = now
+                if first:
+                    log.error("MQTT: %s", self.conflict)
         if was:
             if not self._closing:
                 self._last_error = f"connection lost: {reason_code}"
                 log.warning("MQTT: connection to %s:%d lost (%s); reconnecting, events are kept",
                             self.settings.host, self.settings.port, reason_code)
         elif not self._closing and not self._answered:
+            self._failed_tries += 1
             # The broker hung up before answering: TLS on one side only, another service on the
             # port, or a topic the broker refuses.  `lock mqtt-test` tells which.
             tls = ("mqtt.tls.enabled is false: is this a TLS port (usually 8883)?" if not self.settings.tls.enabled
@@ -710,6 +818,9 @@ class MqttBridge:
                         self._rediscover_at = max(time.monotonic(), self._rediscovered + REDISCOVERY_SECONDS)
                         self._cond.notify_all()
             return
+        if topic == self.topics.instance:
+            self._instance_message(message.payload)
+            return
         if topic not in (self.topics.lock_command, self.topics.switch_command):
             return
         if not message.payload:  # an empty message: a retained command being cleared (below)
@@ -741,11 +852,37 @@ class MqttBridge:
         else:
             self._lock_command(action, code)
 
+    def _instance_message(self, payload: bytes) -> None:
+        """Another lock's hello (never this one's: No Local): note it, and answer it once in a while."""
+        said = read_hello(payload)
+        if said is None or said[0] == self.instance:   # the doctor's probe carries the daemon's own token
+            return
+        other, host, reply = said
+        now = self._monotonic()
+        with self._cond:
+            seen = self._others.get(other)
+            new = seen is None or now - seen[1] >= CONFLICT_SECONDS
+            if other not in self._others and len(self._others) >= 16:   # made-up tokens: bounded
+                self._others.pop(min(self._others, key=lambda k: self._others[k][1]))
+            self._others[other] = (host, now)
+            answer = not reply and now - self._replied_at >= HELLO_REPLY_SECONDS
+            if answer:
+                self._replied_at = now
+                self._control.append(_Message(self.topics.instance, hello(self.instance, True)))
+            self._cond.notify_all()
+        if new:
+            log.error("MQTT: %s", conflict_message(self.settings, host))
+
     def _switch_command(self, action: str) -> None:
         # No code here, by design (README, Home Assistant): HA's switch cannot send one, and
         # ON only re-enables face recognition; it never opens the door by itself.
         if action not in ("ON", "OFF"):
             self._refuse("unknown", "MQTT: ignored unknown face unlock command %r", action[:20])
+            return
+        if action == "ON" and self.conflict:
+            if self._refuse("conflict", "MQTT: face unlock ON refused: %s", self.conflict):
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="shared_topics",
+                                            source="mqtt", action="face_unlock_on"))
             return
         if action == "ON" and not self.settings.remote_face_unlock_on:
             # Not published back: the switch has a state topic, so Home Assistant shows the state the
@@ -765,6 +902,12 @@ class MqttBridge:
     def _lock_command(self, action: str, code: str | None) -> None:
         if action not in LOCK_ACTIONS:
             self._refuse("unknown", "MQTT: ignored unknown lock command %r", action[:20])
+            return
+        conflict = self.conflict
+        if conflict:   # before the code: the other lock's commands carry its code, not a wrong guess
+            if self._refuse("conflict", "MQTT: %s refused: %s", action, conflict):
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="shared_topics",
+                                            source="mqtt", action=action.lower()))
             return
         left = self._lockout.remaining()
         if left > 0:   # the code is not even looked at: guessing during a lockout tells nothing
@@ -850,11 +993,17 @@ def _parse_command(text: str) -> tuple[str | None, str | None]:
 
 # --------------------------------------------------------------------------- lock mqtt-test
 
-def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
-    """Connect once with these settings and say plainly whether it worked, and why not."""
+def check(settings: MQTTSettings, timeout: float = 5.0, *, instance: str | None = None,
+          listen: float = 1.0) -> tuple[bool, str]:
+    """Connect once with these settings and say plainly whether it worked, and why not.
+
+    It connects as ``<client_id>-test`` (the broker would drop a running lock that has the client id
+    itself) and says hello on the lock's topics for ``listen`` seconds: another lock that answers uses
+    the same topics.  ``instance`` is the running daemon's token (its own answer is not another lock).
+    """
     where = f"{settings.host}:{settings.port}"
     try:
-        client = _make_client(settings, will=False)
+        client = _make_client(settings, will=False, client_id=f"{settings.client_id}-test")
     except (OSError, ValueError, ssl.SSLError) as exc:
         return False, f"cannot set up the client: {exc}"
     done = threading.Event()
@@ -869,8 +1018,17 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
         result.setdefault("rc", reason_code)
         done.set()
 
+    others: dict[str, str] = {}
+    mine = instance or uuid.uuid4().hex
+
+    def on_message(client, userdata, message):
+        said = read_hello(message.payload)
+        if said is not None and said[0] != mine:
+            others[said[0]] = said[1]
+
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
+    client.on_message = on_message
     try:
         client.connect(settings.host, settings.port, keepalive=settings.keepalive, clean_start=True,
                        properties=_connect_properties())
@@ -897,7 +1055,15 @@ def check(settings: MQTTSettings, timeout: float = 5.0) -> tuple[bool, str]:
         if rc.is_failure:
             return False, f"{where} refused the connection: {rc} (check mqtt.username, the password and ACLs)"
         who = f" as {settings.username}" if settings.username else ""
-        return True, f"connected to {where}{who}" + (" with TLS" if settings.tls.enabled else "")
+        said = f"connected to {where}{who}" + (" with TLS" if settings.tls.enabled else "")
+        if listen > 0:
+            topic = Topics.of(settings).instance
+            client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+            client.publish(topic, hello(mine, False), qos=1)
+            time.sleep(listen)
+            if others:
+                return False, f"{said}, but " + conflict_message(settings, sorted(others.values())[0])
+        return True, said
     finally:
         client.disconnect()
         client.loop_stop()

@@ -11,8 +11,8 @@ import pytest
 
 from lock import events
 from lock.events import Event, EventBus
-from lock.mqtt import (CODE_LOCKOUT_AFTER, CODE_LOCKOUT_MAX_SECONDS, CODE_LOCKOUT_SECONDS, MAX_COMMAND_BYTES,
-                       MqttBridge, Topics, check, discovery_messages)
+from lock.mqtt import (CODE_LOCKOUT_AFTER, CODE_LOCKOUT_MAX_SECONDS, CODE_LOCKOUT_SECONDS, CONFLICT_SECONDS,
+                       MAX_COMMAND_BYTES, MqttBridge, Topics, check, discovery_messages)
 from tests.plugins.broker import make_test_ca
 
 
@@ -216,10 +216,11 @@ def test_events_keep_original_time_and_hide_scores(mqtt_broker, mqtt_subscriber,
     bus, _ = bus_events
     make_bridge(mqtt_broker.settings())
     sub = mqtt_subscriber(mqtt_broker, "face_lock/#")
-    bus.publish(Event(events.RECOGNIZED, time=1000.5, person="resident", detail={"votes": 2},
-                      private={"score": 0.91}))
+    event = Event(events.RECOGNIZED, time=1000.5, person="resident", detail={"votes": 2}, private={"score": 0.91})
+    bus.publish(event)
     (_, payload, retained), = sub.wait_for("face_lock/event")
-    assert json.loads(payload) == {"event_type": "recognized", "time": 1000.5, "person": "resident", "votes": 2}
+    assert json.loads(payload) == {"event_type": "recognized", "time": 1000.5, "person": "resident", "votes": 2,
+                                   "id": event.uid}
     assert not retained
     assert sub.wait_for("face_lock/last_person")[0][1] == b"resident"
 
@@ -509,11 +510,14 @@ def test_events_raised_while_the_broker_is_away_survive_a_restart_of_the_daemon(
 
     audit = AuditLog(AuditSettings(path=str(tmp_path / "audit.db")))   # the next run
     audit.open()
-    assert [e.time for e in audit.unsent(now - 3600, 100)] == [now - 4, now - 3, now - 2]
+    unsent = audit.unsent(now - 3600, 100)
+    assert [e.time for e in unsent] == [now - 4, now - 3, now - 2]
     broker.start()
     bridge = make_bridge(settings, outbox=audit)
     got = sub.wait_for("face_lock/event", 4, timeout=20)
     assert [json.loads(p)["time"] for _, p, _ in got] == [now - 5, now - 4, now - 3, now - 2]
+    # the id a consumer can drop a repeat by is the event's own, across the restart
+    assert [json.loads(p)["id"] for _, p, _ in got[1:]] == [e.uid for e in unsent]
     wait(lambda: audit.unsent(now - 3600, 100) == [])
     bridge.stop(flush_seconds=0.5)
     make_bridge(settings, outbox=audit)       # and a third run sends nothing again
@@ -530,7 +534,8 @@ def test_an_event_the_broker_refuses_is_not_marked_delivered(mqtt_broker_factory
     bus, _ = bus_events
     acl = "".join(f"topic readwrite {t}\n" for t in ("face_lock/availability", "face_lock/lock/#",
                                                      "face_lock/face_unlock/#", "face_lock/last_person",
-                                                     "face_lock/door/#", "face_lock/stats", "homeassistant/#"))
+                                                     "face_lock/door/#", "face_lock/stats", "face_lock/instance",
+                                                     "homeassistant/#"))
     broker = mqtt_broker_factory(acl=acl)           # everything but face_lock/event
     audit = AuditLog(AuditSettings(path=str(tmp_path / "audit.db")))
     audit.open()
@@ -618,7 +623,7 @@ def test_tls_with_the_ca_file_connects_and_delivers(tls_broker, mqtt_subscriber,
     assert bridge.connected and bridge.last_error is None
     bus_events[0].publish(Event(events.UNKNOWN, time=5.0))
     assert [json.loads(p)["time"] for _, p, _ in sub.wait_for("face_lock/event")] == [5.0]
-    ok, why = check(tls_settings(tls_broker, ca_file=str(tls_broker.tls["ca"])))
+    ok, why = check(tls_settings(tls_broker, ca_file=str(tls_broker.tls["ca"])), instance=bridge.instance)
     assert ok and why.endswith("with TLS"), why
 
 
@@ -705,3 +710,68 @@ def test_a_tls_client_on_a_plain_listener_is_told_so(mqtt_broker):
     """It said "Connection reset by peer (is it running? are mqtt.host and mqtt.port right?)"."""
     ok, why = check(mqtt_broker.settings(tls={"enabled": True}))
     assert not ok and "mqtt.tls.enabled is true" in why and "plain" in why, why
+
+
+# ----------------------------------------------------------------------------- two locks on one broker
+
+def test_two_locks_on_the_same_topics_refuse_remote_unlocks(mqtt_broker, mqtt_subscriber, make_bridge, bus_events,
+                                                            caplog):
+    """A second lock set up from a copy of the first one's config (only client_id changed): Home Assistant's
+    UNLOCK for one opened both doors.  Now both see each other and refuse; LOCK-safe OFF still works."""
+    front_handler, back_handler = RecordingHandler(), RecordingHandler()
+    clock = [1000.0]
+    with caplog.at_level("ERROR", logger="lock.mqtt"):
+        front = make_bridge(mqtt_broker.settings(client_id="front"), front_handler, cls=CountingBridge,
+                            monotonic=lambda: clock[0])
+        back = make_bridge(mqtt_broker.settings(client_id="back", device_name="Back door"), back_handler,
+                           cls=CountingBridge)
+        wait(lambda: front.conflict is not None and back.conflict is not None)
+    assert "mqtt.base_topic = face_lock" in front.conflict and "More than one lock" in back.conflict
+    assert any("another lock" in r.getMessage() for r in caplog.records)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    send(sub, front, ["UNLOCK", "OPEN", "LOCK"])
+    send(sub, front, ["ON", "OFF"], topic="face_lock/face_unlock/set")
+    wait(lambda: back.handled >= 5)
+    assert front_handler.calls == back_handler.calls == [("face_unlock", False)]
+    denied = [e for e in bus_events[1] if e.kind == events.DENIED]
+    assert {e.detail["reason"] for e in denied} == {"shared_topics"}
+
+    # The other lock moved to its own topics (stopped here): after CONFLICT_SECONDS unheard, commands work again.
+    back.stop(flush_seconds=0.5)
+    clock[0] += CONFLICT_SECONDS + 1
+    assert front.conflict is None
+    send(sub, front, ["UNLOCK"])
+    assert front_handler.calls[-1] == ("unlock", "mqtt")
+
+
+def test_locks_with_their_own_topics_do_not_disturb_each_other(mqtt_broker, mqtt_subscriber, make_bridge):
+    front_handler, back_handler = RecordingHandler(), RecordingHandler()
+    front = make_bridge(mqtt_broker.settings(client_id="front"), front_handler, cls=CountingBridge)
+    back = make_bridge(mqtt_broker.settings(client_id="back", base_topic="back_door"), back_handler,
+                       cls=CountingBridge)
+    time.sleep(1.0)   # both hellos have gone round
+    assert front.conflict is None and back.conflict is None
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    send(sub, front, ["UNLOCK"])
+    assert front_handler.calls == [("unlock", "mqtt")] and back_handler.calls == []
+
+
+def test_a_second_lock_with_the_same_client_id_is_noticed(mqtt_broker, make_bridge, caplog):
+    """Same client id: the broker drops one for the other (Session taken over) on every reconnect."""
+    with caplog.at_level("ERROR", logger="lock.mqtt"):
+        first = make_bridge(mqtt_broker.settings(base_topic="one"))
+        make_bridge(mqtt_broker.settings(base_topic="two"))
+        wait(lambda: first.conflict is not None)
+    assert "mqtt.client_id = face-lock" in first.conflict
+    assert any("keeps dropping this lock" in r.getMessage() for r in caplog.records)
+
+
+def test_mqtt_check_finds_another_lock_on_the_same_topics(mqtt_broker, make_bridge):
+    bridge = make_bridge(mqtt_broker.settings(client_id="front"))
+    ok, why = check(mqtt_broker.settings(), instance=bridge.instance)   # the running lock itself: fine
+    assert ok, why
+    ok, why = check(mqtt_broker.settings())   # this machine's config, another lock answering
+    assert not ok and "another lock" in why and "mqtt.base_topic" in why, why
+    ok, why = check(mqtt_broker.settings(base_topic="back_door"))
+    assert ok, why
+    assert bridge.conflict is not None   # the probe from a lock configured on the same topics is one too

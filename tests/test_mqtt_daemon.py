@@ -159,3 +159,34 @@ def test_broker_outage_loses_no_event(tmp_path, pipe, people, mqtt_broker_factor
         assert got["person"] == a
     finally:
         d.close()
+
+
+def test_two_locks_set_up_from_one_config_open_neither_door(tmp_path, mqtt_broker, mqtt_subscriber, monkeypatch):
+    """A second lock from a copy of the first one's config (client_id and device_name changed, base_topic
+    not): Home Assistant's UNLOCK for the front door opened the back door too.  Both now refuse remote
+    commands, say why in `lock status`, and `lock mqtt-test` names the problem."""
+    monkeypatch.setenv("LOCK_TEST_CODE", "4321")
+    daemons, factories, configs = [], [], []
+    for name in ("front", "back"):
+        frames = scenario.write_frames(tmp_path / name / "frames", scenario.empty(3))
+        s = mqtt_settings(tmp_path / name, mqtt_broker, frames, code_env="LOCK_TEST_CODE", client_id=name)
+        s = s.model_copy(update={"camera": s.camera.model_copy(update={"loop": True})})
+        cfg = tmp_path / name / "config.yaml"
+        cfg.write_text(yaml.safe_dump(s.model_dump()))
+        configs.append(cfg)
+        factories.append(MockFactory())
+        daemons.append(Daemon(s, pin_factory=factories[-1]))
+    t = Topics.of(daemons[0].settings.mqtt)
+    sub = mqtt_subscriber(mqtt_broker, "none")
+    with Running(daemons[0], stop_when_exhausted=False) as front, \
+            Running(daemons[1], stop_when_exhausted=False):
+        assert scenario.wait_until(lambda: all(d.status()["mqtt_conflict"] for d in daemons), 10)
+        sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "4321"}))
+        assert scenario.wait_until(lambda: front.kinds(ev.DENIED), 5)
+        time.sleep(0.5)
+        assert [active_spans(relay_history(f)) for f in factories] == [[], []]
+        assert {e.detail.get("reason") for e in front.kinds(ev.DENIED)} == {"shared_topics"}
+        r = subprocess.run([sys.executable, "-m", "lock", "--config", str(configs[0]), "mqtt-test"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "another lock" in r.stdout and "mqtt.base_topic" in r.stdout, r.stdout
+        assert "the running lock says" in r.stdout
