@@ -86,6 +86,7 @@ class AuditLog:
         self._last_rotation = 0.0
         self._wanted = False        # open() was called and close() was not
         self._reopen_at = 0.0
+        self._opened_id: tuple[int, int] | None = None   # (st_dev, st_ino) of the file the connection is on
 
     @property
     def is_open(self) -> bool:
@@ -106,8 +107,29 @@ class AuditLog:
             return False
         with self._lock:
             self._conn = conn
+            self._opened_id = self._file_id()
         self.rotate()
         return True
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _follow_file(self) -> None:
+        """The file at audit.path is gone or another one (deleted to start afresh, rotated away by hand):
+        SQLite would go on writing the old one, unseen.  Start on what is there now (a new log if none)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.close()
+        log.warning("audit log %s was removed or replaced while in use: recording in the file now at that path",
+                    self.path)
+        self._reopen_at = 0.0
+        self._retry_open()
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +173,7 @@ class AuditLog:
                 conn.close()
                 return
             self._conn = conn
+            self._opened_id = self._file_id()
             if self._failing:
                 log.info("audit log %s: open again, recording events", self.path)
                 self._failing = False
@@ -170,6 +193,8 @@ class AuditLog:
         kept: it is not a door event, and a commit per sample would wear an SD card for nothing."""
         if event.kind == STATS:
             return
+        if self._conn is not None and self._file_id() != self._opened_id:
+            self._follow_file()
         if self._conn is None:
             self._retry_open()
         with self._lock:

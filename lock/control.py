@@ -10,6 +10,7 @@ the daemon never falls over because of what a client sent.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import json
 import logging
@@ -40,10 +41,41 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._claim: int | None = None     # fd of <socket>.lock, flock'ed while this daemon runs
+        self._bound: tuple[int, int] | None = None   # (st_dev, st_ino) of the socket this process made
 
-    def start(self) -> None:
+    def claim(self) -> None:
+        """Be the only daemon of this control socket: an exclusive flock on ``<socket>.lock``.
+
+        The daemon calls it before it touches the relay, the broker or anything else: a second
+        ``lock run`` used to drive the relay pin, take the MQTT session and then, failing, delete the
+        running daemon's socket.  The kernel drops the lock when the process ends, however it ends.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ControlError(f"control.socket = {str(self.path)!r}: cannot make {lock_path}: "
+                               f"{exc.strerror or exc} (as a service, systemd makes its folder: "
+                               "RuntimeDirectory=face-lock; by hand, run as root or set control.socket "
+                               "to a folder you can write)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ControlError(f"{self.path}: another lock daemon is already running"
+                               + (f" (pid {pid})" if pid.isdigit() else "")
+                               + ": stop it first (systemctl stop lock)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._claim = fd
+
+    def start(self) -> None:
+        if self._claim is None:
+            self.claim()
+        try:
             if self.path.exists() or self.path.is_symlink():
                 if _alive(self.path):
                     raise ControlError(f"{self.path}: another lock daemon is already running")
@@ -55,6 +87,8 @@ class ControlServer:
             finally:
                 os.umask(old)
             os.chmod(self.path, 0o660)
+            st = os.stat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
         except OSError as exc:
             raise ControlError(f"control.socket = {str(self.path)!r}: cannot make the control socket: "
                                f"{exc.strerror or exc} (as a service, systemd makes its folder: "
@@ -150,10 +184,17 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        if self._bound is not None:   # only the socket this process made: never another daemon's
+            try:
+                st = os.stat(self.path)
+                if self._bound == (st.st_dev, st.st_ino):
+                    self.path.unlink()
+            except OSError:
+                pass
+            self._bound = None
+        if self._claim is not None:
+            os.close(self._claim)   # releases the flock
+            self._claim = None
 
 
 def _refuse(conn: socket.socket, error: str) -> None:

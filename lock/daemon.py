@@ -143,7 +143,7 @@ class Daemon:
         self._camera = camera
         self._reload = threading.Event()
         self._matcher = None
-        self._gallery_version = -1
+        self._gallery_version: tuple[int, int] | None = None   # (gallery generation, version)
         self._face_unlock = True
         self._ready = False
         self._last_stats = 0.0
@@ -152,6 +152,7 @@ class Daemon:
         self._all_decided = False
         self._in_front: dict[int, tuple[float, float]] = {}  # door face's track id -> (last seen, box area)
         self._enroll_lock = threading.Lock()
+        self._enrolling = False   # an enrollment from the camera is running: no face is decided meanwhile
         self._state_lock = threading.Lock()  # state.json: one writer at a time
         self._warned_dir_sync = False
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
@@ -171,7 +172,11 @@ class Daemon:
 
         s = self.settings
         try:
-            # The door first: whatever fails next, the relay is already held off.
+            # Before anything else, the one-daemon claim: a second `lock run` stops here, before it
+            # touches the relay pin or the broker.  The socket itself is served once all is up.
+            self.control = ControlServer(s.control.socket, self._handle, group=s.control.group)
+            self.control.claim()
+            # The door next: whatever fails next, the relay is already held off.
             self.door = Door(s.door, self.bus, pin_factory=self.pin_factory)
             self.door.open()
             self.audit = AuditLog(s.audit, outbox=s.mqtt.enabled)
@@ -193,7 +198,6 @@ class Daemon:
                 self.mqtt.start()
             self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
             self.door.announce()  # the door was opened before the audit log and MQTT listened
-            self.control = ControlServer(s.control.socket, self._handle, group=s.control.group)
             self.control.start()
             self.camera = self._camera or make_camera(s.camera)
             self.camera.open()
@@ -299,10 +303,10 @@ class Daemon:
                         "`lock faces purge-stale`", sum(stale.values()), self.settings.gallery.path, names)
 
     def _refresh_matcher(self) -> None:
-        version = self.gallery.version()
+        version = self.gallery.version(), self.gallery.generation
         if version != self._gallery_version:
             self._matcher = self.gallery.matcher()
-            if self._gallery_version != -1:
+            if self._gallery_version is not None:
                 log.info("gallery changed: %d people now", len(self._matcher.people))
             self._gallery_version = version
 
@@ -371,6 +375,10 @@ class Daemon:
 
         if not self._enroll_lock.acquire(blocking=False):
             return {"ok": False, "error": "another enrollment is running"}
+        # The person enrolling stands at the door, a stranger to the gallery until the end: deciding on
+        # their face raised `unknown` events (a photo of them with mqtt.unknown_image) and, as they
+        # moved in and out of view as asked, lockouts of face unlock for everyone.
+        self._enrolling = True
         frames: list[np.ndarray] = []
         cond = threading.Condition()
 
@@ -399,6 +407,7 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         finally:
             self._frame_listeners.remove(listener)
+            self._enrolling = False
             self._enroll_lock.release()
 
     @property
@@ -462,10 +471,11 @@ class Daemon:
                     self.decider.overshadow(tid, now)
         # Faces behind are never decided: the detection rate follows the face at the door alone (and with
         # face unlock off nothing is decided: the tracks only need keeping alive).
-        self._all_decided = (not self._face_unlock or at_door is None
+        deciding = self._face_unlock and not self._enrolling
+        self._all_decided = (not deciding or at_door is None
                              or not self.decider.needs_embedding(track_ids[at_door]))
         for i, tid in enumerate(track_ids):
-            if (i != at_door or not self._face_unlock or not self.decider.needs_embedding(tid)
+            if (i != at_door or not deciding or not self.decider.needs_embedding(tid)
                     or self.decider.overshadowed(tid, now)):
                 continue
             a = self.pipeline.analyse(image, faces, i)

@@ -164,6 +164,11 @@ class Gallery:
         self._read_only = False
         self._reopen_at = 0.0
         self._frozen: tuple | None = None  # file signature when opened immutable (read-only fallback)
+        self._opened_id: tuple[int, int] | None = None   # (st_dev, st_ino) of the file the connection is on
+        self._lost_at: float | None = None   # monotonic time the file went and what came in its place would not open
+        # Counts the times the file at gallery.path was found to be another one and opened afresh: its
+        # version counter starts again, so version() alone cannot say that everything changed.
+        self.generation = 0
 
     # -- life cycle ------------------------------------------------------------
 
@@ -192,6 +197,7 @@ class Gallery:
             raise GalleryError(f"{self.path}: made by a newer version of this program (schema {schema}); "
                                "upgrade it")
         self._db = db
+        self._opened_id = self._file_id()
         stale = self.stale_templates()
         if stale:
             log.warning("%s: %d templates were made by another model and are ignored; re-enroll %s",
@@ -271,6 +277,39 @@ class Gallery:
             self._reopen_at = time.monotonic() + REOPEN_SECONDS
             return db, schema
         raise GalleryError(f"{self.path}: cannot open the gallery ({why}); nothing in it was changed") from None
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _follow_file(self) -> None:
+        """The file at gallery.path is no longer the one open (moved aside, deleted, a backup copied over it
+        or renamed into place): open what is there now, so that people removed that way are not let in.
+
+        SQLite keeps reading the file it opened, whatever happens to the name.  A missing file is a new,
+        empty gallery (as `lock enroll` would make); one that cannot be opened leaves the gallery closed,
+        so nobody is recognised (GalleryError), and is tried again every REOPEN_SECONDS.
+        """
+        with self._lock:
+            if self._lost_at is None:
+                if self._db is None or self._file_id() == self._opened_id:
+                    return
+                log.warning("%s: the gallery file was replaced, moved or deleted since it was opened: "
+                            "opening what is there now", self.path)
+                self.close()
+                self.generation += 1
+            elif time.monotonic() - self._lost_at < REOPEN_SECONDS:
+                raise GalleryError(f"{self.path}: the gallery file was replaced by one that cannot be opened; "
+                                   "nobody is recognised until it is fixed")
+            try:
+                self.open()
+            except GalleryError:
+                self._lost_at = time.monotonic()
+                raise
+            self._lost_at = None
 
     def _signature(self) -> tuple:
         """Inode, size and mtime of the file and its WAL: changes whenever anyone writes it."""
@@ -548,7 +587,9 @@ class Gallery:
         return Matcher([n for n, _ in rows], matrix.astype(np.float32))
 
     def version(self) -> int:
-        """Changes whenever any process commits a change to this gallery."""
+        """Changes whenever any process commits a change to this gallery (and :attr:`generation` when the
+        file itself was replaced)."""
+        self._follow_file()
         self._maybe_reopen()
         with self._read() as db:
             return int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])

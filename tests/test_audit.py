@@ -160,3 +160,24 @@ def test_door_events_are_not_queued_for_mqtt_when_it_is_off(tmp_path):
     on.record(Event(events.UNKNOWN, time=1.0e9 + 1))
     assert [e.kind for e in on.unsent(0, 100)] == [events.UNKNOWN]   # from now on, MQTT's to deliver
     on.close()
+
+
+def test_a_log_deleted_while_in_use_is_started_afresh(tmp_path, caplog):
+    """Before, every later event went into the deleted file, unseen, until a restart."""
+    import sqlite3
+
+    audit = make(tmp_path)
+    audit.record(Event(events.RECOGNIZED, time=1_700_000_000.0, person="resident"))
+    for f in audit.path.parent.glob("audit.db*"):
+        f.unlink()
+    with caplog.at_level(logging.WARNING, logger="lock.audit"):
+        audit.record(Event(events.REMOTE_UNLOCK, time=1_700_000_001.0, detail={"source": "mqtt"}))
+    assert "removed or replaced while in use" in caplog.text
+    assert [r.kind for r in audit.recent(10)] == ["remote_unlock"]
+    audit.close()
+    db = sqlite3.connect(audit.path)   # in the file that is at the path now
+    try:
+        assert [k for (k,) in db.execute("SELECT kind FROM events")] == ["remote_unlock"]
+    finally:
+        db.close()
+    assert stat.S_IMODE(audit.path.stat().st_mode) == 0o600

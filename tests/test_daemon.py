@@ -327,8 +327,28 @@ def test_a_control_socket_that_cannot_be_made_is_one_line_not_a_traceback(tmp_pa
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    assert "control.socket = " in caplog.text and "cannot make the control socket" in caplog.text
-    assert relay_history(factory)[-1][1] is False
+    assert "control.socket = " in caplog.text and "cannot make" in caplog.text and "Traceback" not in caplog.text
+    assert not factory.pins, "it stopped before it drove the relay pin"
+
+
+def test_a_second_daemon_stops_before_it_touches_the_relay_or_the_running_one(tmp_path, pipe):
+    """A second `lock run` drove the relay pin, took the MQTT session, and then, failing, deleted the running
+    daemon's control socket: `lock status` said nothing ran, and a third `lock run` came up in full."""
+    from lock.errors import ControlError
+
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    s = scenario.settings(tmp_path, frames, camera={"loop": True})
+    with Running(Daemon(s, pin_factory=MockFactory()), stop_when_exhausted=False):
+        second_pins = MockFactory()
+        second = Daemon(s, pin_factory=second_pins)
+        with pytest.raises(ControlError, match=rf"already running \(pid {os.getpid()}\)"):
+            second.open()
+        assert not second_pins.pins, "the second daemon must not drive the relay pin"
+        assert list(request(s.control.socket, {"cmd": "status"}))[-1]["ok"], "the running daemon's socket is kept"
+        with pytest.raises(ControlError):   # and a third is refused too
+            Daemon(s, pin_factory=MockFactory()).open()
+    third = Daemon(s, pin_factory=MockFactory()).open()   # once the first has stopped, a new one starts
+    third.close()
 
 
 def test_after_a_recording_ends_the_loop_waits_instead_of_spinning(tmp_path):

@@ -10,6 +10,7 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from lock.control import request
+from lock import events as ev
 from lock.daemon import Daemon
 from lock.gallery import Gallery
 from lock.vision.runtime import Runtime
@@ -62,8 +63,12 @@ def test_daemon_enrolls_from_its_camera_over_the_socket(tmp_path, photos):
     name, frames = person_frames(photos)
     d = scenario.write_frames(tmp_path / "frames", frames)
     s = scenario.settings(tmp_path, d, camera={"loop": True, "fps": 15})
-    with Running(Daemon(s, pin_factory=MockFactory()), stop_when_exhausted=False):
+    with Running(Daemon(s, pin_factory=MockFactory()), stop_when_exhausted=False) as run:
         msgs = list(request(s.control.socket, {"cmd": "enroll", "name": "a new user", "count": 3}, timeout=120))
+        during = run.kinds(ev.UNKNOWN, ev.LOCKOUT, ev.UNKNOWN_FACE_IMAGE)
     assert msgs[-1]["ok"], msgs
+    # The person enrolling stands at the door: before, the door loop reported them as an unknown face
+    # (and, as they moved in and out of view, locked face unlock out for everyone).
+    assert during == []
     assert any("captured" in m.get("progress", "") for m in msgs)
     assert templates(s, "a new user") == 3

@@ -229,6 +229,58 @@ def test_version_changes_after_a_write_by_another_instance(tmp_path):
         assert daemon.people() == []
 
 
+def _move_aside(path, to):
+    to.mkdir()
+    for f in path.parent.glob(path.name + "*"):   # the database, its -wal and -shm
+        f.rename(to / f.name)
+
+
+def test_a_gallery_moved_aside_or_replaced_is_followed(tmp_path, monkeypatch):
+    """The running daemon kept matching against a gallery moved aside (its own error message suggests it) or
+    replaced by a backup renamed into place: a person removed that way was let in until a restart."""
+    import lock.gallery
+
+    path = tmp_path / "state" / "gallery.db"
+    with Gallery(path, MODEL) as daemon:
+        with Gallery(path, MODEL) as cli:
+            cli.enroll("Former", [unit(1)], [0.9])
+        daemon.version()
+        assert daemon.matcher().people == ["Former"] and daemon.generation == 0
+        _move_aside(path, tmp_path / "aside")
+        with Gallery(path, MODEL) as cli:   # starting afresh: a new user enrolled into a new file
+            cli.enroll("Newcomer", [unit(2)], [0.9])
+        daemon.version()
+        assert daemon.matcher().people == ["Newcomer"] and daemon.generation == 1
+
+        backup = tmp_path / "backup" / "gallery.db"
+        with Gallery(backup, MODEL) as b:
+            b.enroll("Restored", [unit(3)], [0.9])
+        tmp = path.with_name("incoming.db")
+        tmp.write_bytes(backup.read_bytes())
+        tmp.replace(path)   # a backup put in place by rename
+        daemon.version()
+        assert daemon.matcher().people == ["Restored"] and daemon.generation == 2
+
+        for f in path.parent.glob("gallery.db*"):   # deleted to start over: nobody, until someone is enrolled
+            f.unlink()
+        daemon.version()
+        assert daemon.generation == 3 and daemon.people() == [] and len(daemon.matcher()) == 0
+
+        monkeypatch.setattr(lock.gallery, "REOPEN_SECONDS", 0.0)
+        (tmp_path / "junk.db").write_bytes(b"not a gallery\n" * 100)
+        for f in path.parent.glob("gallery.db-*"):
+            f.unlink()
+        (tmp_path / "junk.db").replace(path)   # what came in its place is unusable: nobody is recognised
+        with pytest.raises(GalleryError, match="not a usable gallery"):
+            daemon.version()
+        with pytest.raises(GalleryError):
+            daemon.matcher()
+        tmp.write_bytes(backup.read_bytes())
+        tmp.replace(path)   # fixed: followed again
+        daemon.version()
+        assert daemon.matcher().people == ["Restored"]
+
+
 def test_corrupt_file_names_it(tmp_path):
     path = tmp_path / "gallery.db"
     path.write_bytes(b"this is not sqlite at all, just some bytes\n" * 100)
