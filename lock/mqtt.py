@@ -97,7 +97,7 @@ HELLO_EVERY_SECONDS = 60.0
 HELLO_REPLY_SECONDS = 5.0
 CONFLICT_SECONDS = 180.0
 SESSION_TAKEN_OVER = 142
-TAKEOVER_SECONDS = 30.0
+TAKEOVER_SECONDS = 5.0
 TAKEOVER_DROPS = 3
 
 
@@ -482,9 +482,10 @@ class MqttBridge:
         if heard:
             return conflict_message(self.settings, max(heard)[1])
         if taken:
-            return (f"the broker keeps dropping this lock for another MQTT client with its client id (mqtt.client_id"
-                    f" = {self.settings.client_id}); remote lock commands and face unlock ON are refused until "
-                    "each lock has its own mqtt.client_id and mqtt.base_topic (README: More than one lock)")
+            return (f"the broker keeps dropping this lock within seconds of connecting: most likely another MQTT "
+                    f"client uses its client id (mqtt.client_id = {self.settings.client_id}); remote lock commands "
+                    "and face unlock ON are refused until each lock has its own mqtt.client_id and "
+                    "mqtt.base_topic (README: More than one lock)")
         return None
 
     # -- life cycle

@@ -624,3 +624,52 @@ def test_the_next_person_is_not_held_off_by_the_last_one(tmp_path, pipe, people)
         assert [e.person for t, f in steps for e in d.process(f, now=t) if e.kind == ev.RECOGNIZED] == [a]
     finally:
         d.close()
+
+
+def test_face_unlock_off_lets_no_enrolled_face_in(tmp_path, pipe, people):
+    """The switch's effect on the door itself (the other tests read the flag or count detections): with it
+    off, or after a damaged state.json turned it off, an enrolled face at the door does not open it."""
+    from lock.scenes import background
+    a = people["a"]
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    frame = _at(background(scenario.SIZE, 1), people["val"][a][0], 200, (320, 240))
+
+    def walk_up(d, t0):
+        return [e for k in range(10) for e in d.process(frame, now=t0 + 0.2 * k)]
+
+    factory = MockFactory()
+    d = Daemon(s, pin_factory=factory, camera=_NoCamera()).open()
+    try:
+        d.set_face_unlock(False)
+        assert [e for e in walk_up(d, 1000.0) if e.kind == ev.RECOGNIZED] == []
+        assert active_spans(relay_history(factory)) == []
+        d.set_face_unlock(True)   # the same face is let in once it is back on
+        assert [e.person for e in walk_up(d, 1010.0) if e.kind == ev.RECOGNIZED] == [a]
+    finally:
+        d.close()
+    (tmp_path / "state.json").write_text('{"face_unlock": tr')   # cut short
+    factory = MockFactory()
+    d = Daemon(s, pin_factory=factory, camera=_NoCamera()).open()
+    try:
+        assert [e for e in walk_up(d, 2000.0) if e.kind == ev.RECOGNIZED] == []
+        assert active_spans(relay_history(factory)) == []
+    finally:
+        d.close()
+
+
+def test_a_failed_start_leaves_the_relay_off_and_no_claim(tmp_path):
+    """Daemon.open() failing half-way (an unusable gallery) closes what it opened: the relay held off and
+    released, the one-daemon claim given back (a fixed config then starts)."""
+    from lock.errors import LockError
+
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+    bad = scenario.settings(tmp_path, frames, gallery={"path": str(tmp_path / "not a folder" / "gallery.db")})
+    (tmp_path / "not a folder").write_text("")
+    factory = MockFactory()
+    with pytest.raises(LockError):
+        Daemon(bad, pin_factory=factory).open()
+    assert relay_history(factory)[-1][1] is False
+    assert factory.pin("GPIO17").function == "input", "the pin is released when the daemon gives up"
+    good = scenario.settings(tmp_path, frames)
+    Daemon(good, pin_factory=MockFactory()).open().close()

@@ -87,6 +87,9 @@ def test_sigkill_of_lock_run_then_exec_stop_post(tmp_path, cast):
 
 
 def test_broker_restarts_lose_no_event(tmp_path, cast):
+    """A flapping broker: every door event delivered once, in order, with its own time, and the door works.
+    Whether an event falls inside an outage here depends on timing (the full bench restarts it 20 times);
+    tests/test_mqtt_daemon.py::test_broker_outage_loses_no_event raises one during an outage on purpose."""
     r = faults.scenario_broker(tmp_path, cast, restarts=2, up=(2.0, 3.0), down=(1.0, 1.5), seed=2)
     assert r["door_events_in_audit"] >= 1 and r["recognized_during_flapping"] >= 1, r
     assert r["missing"] == 0 and r["not_in_audit"] == 0, r

@@ -483,6 +483,20 @@ def test_events_survive_a_broker_outage_in_order(mqtt_broker_factory, mqtt_subsc
     assert bridge.queued == 0 and bridge.dropped == 0
 
 
+def test_quick_broker_restarts_are_not_taken_for_another_lock(mqtt_broker_factory, make_bridge):
+    """Restarts within seconds of each connection: the first reconnect is refused while the broker is away,
+    which a client id taken by another lock never does."""
+    broker = mqtt_broker_factory()
+    bridge = make_bridge(broker.settings(retry_max_seconds=1))
+    for _ in range(4):
+        broker.stop()
+        wait(lambda: not bridge.connected)
+        time.sleep(1.5)   # longer than paho's first reconnect delay: that try is refused
+        broker.start()
+        wait(lambda: bridge.connected, timeout=15)
+    assert bridge.conflict is None
+
+
 def test_events_raised_while_the_broker_is_away_survive_a_restart_of_the_daemon(
         mqtt_broker_factory, mqtt_subscriber, make_bridge, bus_events, tmp_path):
     """The audit log is the outbox: what the broker never acknowledged is sent after the restart."""

@@ -53,7 +53,8 @@ def test_runtime_directory_is_ours_and_holds_the_control_socket():
 
 
 def test_exec_stop_post_command_drives_the_relay_off(tmp_path):
-    """The ExecStopPost command, as systemd runs it, with a mock pin factory and an active-low relay."""
+    """The ExecStopPost command line, as systemd runs it, with a mock pin factory and an active-low relay:
+    it runs, finds the config, and says it forced the relay off."""
     s = scenario.settings(tmp_path, door={"relay_active_high": False})
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(s.model_dump()))
@@ -63,6 +64,8 @@ def test_exec_stop_post_command_drives_the_relay_off(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env={"GPIOZERO_PIN_FACTORY": "mock",
                                                                    "PATH": "/usr/bin:/bin"}, timeout=60)
     assert r.returncode == 0, r.stderr
+    # the pin level itself is checked in tests/test_door.py (test_main_off_forces_the_relay_off)
+    assert "forced off" in r.stderr and "active low" in r.stderr, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("door:\n  relay_pin: [1]\n")
     r = subprocess.run([sys.executable, "-m", "lock.door", "--off", "--config", str(bad)],
