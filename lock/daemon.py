@@ -68,6 +68,11 @@ class ChangeGate:
         self._ref = thumb
         return moved
 
+    @property
+    def detail(self) -> float | None:
+        """Standard deviation of the last thumbnail (grey levels): near 0 for a blank picture."""
+        return None if self._ref is None else float(self._ref.std())
+
 
 @dataclasses.dataclass
 class Stats:
@@ -110,6 +115,12 @@ def turn_on_hint(settings: config_mod.Settings) -> str:
 # while two people side by side at the door, the largest changing from frame to frame, do not:
 # each of them votes in the frames where it is the largest, and neither blocks the other.
 OVERSHADOW_AREA_RATIO = 1.5
+# Camera health, for the log, `lock status` and Home Assistant's "Camera problem" sensor (the door stays
+# locked either way; under systemd a camera that sends nothing also stops the watchdog kicks): no new
+# frame for CAMERA_QUIET_SECONDS, or a picture without detail for as long (the change gate's 32x24 grey
+# thumbnail with a standard deviation under BLANK_STD: the lens covered, pitch dark, the sun in it).
+CAMERA_QUIET_SECONDS = 10.0
+BLANK_STD = 2.0
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -147,6 +158,10 @@ class Daemon:
         self._face_unlock = True
         self._ready = False
         self._last_stats = 0.0
+        self._stats_frames = 0
+        self.camera_problem: str | None = None   # "no_frames", "blank" or None (CAMERA_QUIET_SECONDS)
+        self._last_new_frame: float | None = None
+        self._blank_since: float | None = None
         self._last_detect = -1e9
         self._last_faces = 0
         self._all_decided = False
@@ -339,6 +354,7 @@ class Daemon:
             "people": len(people),
             "gallery_read_only": bool(getattr(self.gallery, "read_only", False)),
             "camera_healthy": bool(getattr(cam, "healthy", False)),
+            "camera_problem": self.camera_problem,
             "fps": round(self.stats.fps, 1),
             "latency_ms": round(self.stats.latency_ms, 1),
             "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
@@ -497,14 +513,49 @@ class Daemon:
         return raised
 
     def _tick_stats(self, now: float) -> None:
-        if now - self._last_stats >= 10.0:
-            if self._last_stats:
-                self.stats.fps = self.stats.frames / (now - self._stats_t0) if now > self._stats_t0 else 0.0
-                self.bus.publish(ev.Event.now(ev.STATS, fps=round(self.stats.fps, 2),
-                                              latency_ms=round(self.stats.latency_ms, 1)))
-            else:
-                self._stats_t0 = now
-            self._last_stats = now
+        if not self._last_stats:
+            self._last_stats, self._stats_frames = now, self.stats.frames
+        elif now - self._last_stats >= 10.0:
+            self._publish_stats(now)
+
+    def _publish_stats(self, now: float) -> None:
+        """Frame rate since the last report (not since start: a camera that stalled shows at once), latency,
+        and the camera's health."""
+        if self._last_stats and now > self._last_stats:
+            self.stats.fps = (self.stats.frames - self._stats_frames) / (now - self._last_stats)
+        self._last_stats, self._stats_frames = now, self.stats.frames
+        self.bus.publish(ev.Event.now(ev.STATS, fps=round(self.stats.fps, 2),
+                                      latency_ms=round(self.stats.latency_ms, 1),
+                                      camera=self.camera_problem or "ok"))
+
+    def _camera_health(self, now: float, detail: float | None) -> None:
+        """After each pass of the loop: ``detail`` of a new frame (ChangeGate.detail), None when none came."""
+        if self._last_new_frame is None:
+            self._last_new_frame = now
+        if detail is None:
+            quiet = now - self._last_new_frame
+            problem = "no_frames" if quiet >= CAMERA_QUIET_SECONDS else self.camera_problem
+        else:
+            self._last_new_frame = now
+            if detail >= BLANK_STD:
+                self._blank_since = None
+            elif self._blank_since is None:
+                self._blank_since = now
+            blank = self._blank_since is not None and now - self._blank_since >= CAMERA_QUIET_SECONDS
+            problem = "blank" if blank else None
+        if problem == self.camera_problem:
+            return
+        self.camera_problem = problem
+        source = self.settings.camera.source
+        if problem == "no_frames":
+            log.warning("camera %s: no new frame for %.0f s; the door stays locked (is it connected? camera.* in "
+                        "the config)", source, now - self._last_new_frame)
+        elif problem == "blank":
+            log.warning("camera %s: the picture has shown nothing for %.0f s (lens covered, too dark, or the sun "
+                        "in it?): no face can be seen", source, now - self._blank_since)
+        else:
+            log.info("camera %s: pictures again", source)
+        self._publish_stats(now)
 
     def run(self, *, stop_when_exhausted: bool = False) -> None:
         """The loop, until :attr:`stop_event` (or the end of a files camera, if asked)."""
@@ -525,8 +576,12 @@ class Daemon:
                         ended = True
                         log.warning("the recording has ended (camera.loop is off): nothing more to watch")
                     self.stop_event.wait(1.0)  # not a busy loop; no watchdog kick either
+                else:
+                    self._camera_health(now, None)
+                    self._tick_stats(now)
                 continue  # no frame: no watchdog kick, so systemd notices a dead camera
             if last_frame_time is not None and frame.time == last_frame_time:
+                self._camera_health(now, None)
                 continue
             last_frame_time = frame.time
             try:
@@ -544,6 +599,7 @@ class Daemon:
                 self.notify("READY=1\nSTATUS=watching the door")
                 log.info("lock ready: watching the door")
             self.notify("WATCHDOG=1")
+            self._camera_health(now, self.gate.detail)
             self._tick_stats(now)
 
     def reload(self) -> None:

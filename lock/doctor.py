@@ -84,6 +84,11 @@ def _face_unlock_notes(settings, status: dict) -> list[str]:
     if status.get("face_unlock") is False:
         from lock.daemon import turn_on_hint
         notes.append(f"face unlock is OFF: no face opens the door (turn it on with {turn_on_hint(settings)})")
+    problem = status.get("camera_problem")
+    if problem:
+        notes.append("the camera sends no new frames (for 10 s or more): no face can be seen"
+                     if problem == "no_frames" else
+                     "the camera's picture shows nothing (lens covered, too dark, or the sun in it): no face can be seen")
     if status.get("locked_out"):
         notes.append(f"face unlock is suspended by a lockout after unknown faces: "
                      f"{status.get('lockout_remaining_s', 0):.0f} s left")

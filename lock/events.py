@@ -32,7 +32,7 @@ DOOR_EVENTS = (RECOGNIZED, UNKNOWN, DENIED, LOCKOUT, REMOTE_UNLOCK, EXIT_BUTTON,
 LOCK_STATE = "lock_state"        # detail: {"state": "LOCKED" | "UNLOCKED" | "OPEN" | "JAMMED" | ...}
 DOOR_CONTACT = "door_contact"    # detail: {"open": bool}
 FACE_UNLOCK = "face_unlock"      # detail: {"enabled": bool}
-STATS = "stats"                  # detail: {"fps": float, "latency_ms": float}
+STATS = "stats"                  # detail: {"fps": float, "latency_ms": float, "camera": "ok" / "no_frames" / "blank"}
 UNKNOWN_FACE_IMAGE = "unknown_face_image"  # detail: {"jpeg": bytes} (only if enabled)
 STATE_EVENTS = (LOCK_STATE, DOOR_CONTACT, FACE_UNLOCK, STATS, UNKNOWN_FACE_IMAGE)
 

@@ -14,7 +14,7 @@ Topics (``<base>`` is ``mqtt.base_topic``)::
     <base>/face_unlock/state ON / OFF, retained;  <base>/face_unlock/set  ON / OFF
     <base>/door/state        ON (open) / OFF (closed), retained
     <base>/last_person       name of the last person recognised, retained
-    <base>/stats             JSON {"fps", "latency_ms"}
+    <base>/stats             JSON {"fps", "latency_ms", "camera": "ok" | "no_frames" | "blank"}
     <base>/unknown_face      JPEG of the last unknown face (only if mqtt.unknown_image)
     <base>/instance          JSON {"instance", "host", "reply"}: each lock's hello (see HELLO_EVERY_SECONDS)
 
@@ -192,6 +192,11 @@ def discovery_messages(settings: MQTTSettings, has_contact: bool) -> list[tuple[
         entity("sensor", "latency", "Recognition latency", state_topic=t.stats,
                value_template="{{ value_json.latency_ms }}", unit_of_measurement="ms",
                device_class="duration", state_class="measurement", entity_category="diagnostic"),
+        # ON while the camera sends no new frame, or a blank picture, for 10 s (lock/daemon.py:
+        # CAMERA_QUIET_SECONDS); https://www.home-assistant.io/integrations/binary_sensor/ device class problem.
+        entity("binary_sensor", "camera", "Camera problem", state_topic=t.stats, device_class="problem",
+               value_template="{{ 'OFF' if value_json.camera == 'ok' else 'ON' }}", payload_on="ON",
+               payload_off="OFF", entity_category="diagnostic"),
     ]
     if has_contact:
         messages.append(entity("binary_sensor", "door", "Door", state_topic=t.door, device_class="door",
@@ -577,7 +582,7 @@ class MqttBridge:
             self._enqueue(_Message(t.switch_state, "ON" if event.detail.get("enabled") else "OFF",
                                    retain=True, coalesce=True))
         elif kind == events.STATS:
-            stats = {k: event.detail[k] for k in ("fps", "latency_ms") if k in event.detail}
+            stats = {k: event.detail[k] for k in ("fps", "latency_ms", "camera") if k in event.detail}
             self._enqueue(_Message(t.stats, _dumps({**stats, "time": event.time}), coalesce=True))
         elif kind == events.UNKNOWN_FACE_IMAGE:
             jpeg = event.detail.get("jpeg")

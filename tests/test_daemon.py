@@ -673,3 +673,63 @@ def test_a_failed_start_leaves_the_relay_off_and_no_claim(tmp_path):
     assert factory.pin("GPIO17").function == "input", "the pin is released when the daemon gives up"
     good = scenario.settings(tmp_path, frames)
     Daemon(good, pin_factory=MockFactory()).open().close()
+
+
+class _Camera:
+    """A camera that stalls (read returns None, as after a read timeout) or shows what it is given."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self.picture: np.ndarray | None = None
+        self.index = 0
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def read(self, timeout: float = 1.0):
+        from lock.camera import Frame
+        time.sleep(0.01)
+        if self.picture is None:
+            return None
+        self.index += 1
+        return Frame(self.picture, time.monotonic(), self.index)
+
+
+def test_a_stalled_or_blank_camera_is_reported(tmp_path, caplog):
+    """A hung camera gave 30 s of silence in the log and nothing to Home Assistant, whose frame-rate
+    sensor kept showing the last average since start; a covered lens was not reported at all."""
+    from lock.camera import Frame  # noqa: F401  (the camera below makes them)
+    from lock.daemon import CAMERA_QUIET_SECONDS
+    from lock.scenes import background
+
+    clock = [1000.0]
+
+    def tick():
+        clock[0] += 0.25   # a quarter of a second per pass of the loop
+        return clock[0]
+
+    cam = _Camera()
+    d = Daemon(scenario.settings(tmp_path), pin_factory=MockFactory(), camera=cam, clock=tick)
+    stats = lambda: [e.detail for e in run.kinds(ev.STATS)]  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="lock.daemon"), Running(d, stop_when_exhausted=False) as run:
+        cam.picture = background(scenario.SIZE, 1)
+        assert scenario.wait_until(lambda: d.stats.frames >= 5, 10)
+        assert d.camera_problem is None
+        cam.picture = None   # stalls
+        assert scenario.wait_until(lambda: d.camera_problem == "no_frames", 10)
+        assert scenario.wait_until(lambda: stats() and stats()[-1]["camera"] == "no_frames", 5)
+        assert stats()[-1]["fps"] == 0.0, "the rate since the last report, not since start"
+        assert d.status()["camera_problem"] == "no_frames"
+        cam.picture = np.zeros((scenario.SIZE[0], scenario.SIZE[1], 3), np.uint8)   # back, but covered
+        assert scenario.wait_until(lambda: d.camera_problem is None, 10)
+        assert scenario.wait_until(lambda: d.camera_problem == "blank", 10)
+        assert stats()[-1]["camera"] == "blank"
+        cam.picture = background(scenario.SIZE, 2)
+        assert scenario.wait_until(lambda: d.camera_problem is None and stats()[-1]["camera"] == "ok", 10)
+    said = caplog.text
+    assert f"no new frame for {CAMERA_QUIET_SECONDS:.0f} s" in said and "the picture has shown nothing" in said
+    assert "pictures again" in said

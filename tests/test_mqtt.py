@@ -100,7 +100,7 @@ def test_discovery_messages_are_complete(mqtt_broker):
     settings = mqtt_broker.settings()
     msgs = dict(discovery_messages(settings, has_contact=False))
     components = sorted(topic.split("/")[1] for topic in msgs)
-    assert components == ["event", "lock", "sensor", "sensor", "sensor", "switch"]
+    assert components == ["binary_sensor", "event", "lock", "sensor", "sensor", "sensor", "switch"]
     unique = {p["unique_id"] for p in msgs.values()}
     assert len(unique) == len(msgs)
     for topic, payload in msgs.items():
@@ -114,10 +114,12 @@ def test_discovery_messages_are_complete(mqtt_broker):
     event = next(p for t, p in msgs.items() if "/event/" in t)
     assert set(event["event_types"]) == set(events.DOOR_EVENTS)
     diag = [p for p in msgs.values() if p.get("entity_category") == "diagnostic"]
-    assert len(diag) == 2
+    assert len(diag) == 3
+    camera = next(p for t, p in msgs.items() if t.endswith("/camera/config"))
+    assert camera["device_class"] == "problem" and camera["state_topic"] == "face_lock/stats"
 
     full = dict(discovery_messages(settings.model_copy(update={"unknown_image": True, "code_env": "X"}), True))
-    door = next(p for t, p in full.items() if "/binary_sensor/" in t)
+    door = next(p for t, p in full.items() if t.endswith("/door/config"))
     assert door["device_class"] == "door"
     image = next(p for t, p in full.items() if "/image/" in t)
     assert image["content_type"] == "image/jpeg" and image["image_topic"] == "face_lock/unknown_face"
@@ -159,7 +161,7 @@ def test_entities_switched_off_are_removed_from_home_assistant(mqtt_broker, mqtt
     """A run with the door contact and the unknown-face image, then one without: their configs go."""
     settings = mqtt_broker.settings(unknown_image=True)
     first = make_bridge(settings, has_contact=True)
-    gone = [t for t, _ in discovery_messages(settings, True) if "/binary_sensor/" in t or "/image/" in t]
+    gone = [t for t, _ in discovery_messages(settings, True) if t.endswith("/door/config") or "/image/" in t]
     assert len(gone) == 2
     mqtt_subscriber(mqtt_broker).wait_until(lambda c: all(c.on(t) for t in gone))   # retained on the broker
     first.stop()
