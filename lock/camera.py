@@ -383,6 +383,8 @@ class FileCamera(Camera):
 
     def _connect(self) -> None:
         if not self._video:
+            if self._bad and self.path.is_dir():   # after an outage (below): what is in the folder now
+                self._files, self._bad, self._pos = iter_images([self.path]), set(), 0
             return
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
@@ -426,6 +428,8 @@ class FileCamera(Camera):
             except ImageError as exc:
                 log.warning("%s: skipping it: %s", self.name, exc)
                 self._bad.add(path)
+        if self.settings.loop:   # an outage, not the end: the folder is read again after a wait (_connect)
+            raise CameraError("none of its images can be read (emptied, or being rewritten?)")
         log.error("%s: none of its images can be read", self.name)
         return None
 

@@ -280,3 +280,23 @@ def test_picamera2_that_fails_to_import_is_a_clear_error(tmp_path, monkeypatch):
     hint = r".*\[pi\]" if int(numpy.__version__.split(".")[0]) >= 2 else r"[^;]*$"   # the numpy hint: only with 2.x
     with pytest.raises(CameraError, match=r"importing it failed \(ValueError: numpy.dtype size changed" + hint):
         PicameraCamera(CameraSettings(source="picamera2")).open()
+
+
+def test_a_looping_folder_emptied_and_filled_again_comes_back(tmp_path, caplog):
+    """It stopped for good (and the daemon then said camera.loop was off)."""
+    d = write_images(tmp_path / "imgs", 3)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    with FileCamera(files(d, loop=True, fps=50.0, retry_max_seconds=1)) as cam:
+        assert cam.read(timeout=2.0) is not None
+        for f in d.iterdir():
+            f.rename(aside / f.name)
+        assert wait_until(lambda: not cam.healthy, 5)
+        assert not cam.exhausted
+        for f in aside.iterdir():
+            f.rename(d / f.name)
+        assert wait_until(lambda: cam.healthy, 10)
+        first = cam.read(timeout=2.0)
+        assert first is not None and not cam.exhausted
+    assert any("camera lost" in r.getMessage() and "none of its images" in r.getMessage() for r in caplog.records)
+    assert any("camera back" in r.getMessage() for r in caplog.records)
