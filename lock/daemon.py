@@ -121,6 +121,7 @@ OVERSHADOW_AREA_RATIO = 1.5
 # thumbnail with a standard deviation under BLANK_STD: the lens covered, pitch dark, the sun in it).
 CAMERA_QUIET_SECONDS = 10.0
 BLANK_STD = 2.0
+SKIP_LOG_SECONDS = 10.0   # a frame skipped for the same reason is logged once per this long
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -162,6 +163,7 @@ class Daemon:
         self.camera_problem: str | None = None   # "no_frames", "blank" or None (CAMERA_QUIET_SECONDS)
         self._last_new_frame: float | None = None
         self._blank_since: float | None = None
+        self._skip_log: tuple[str, float, int] = ("", 0.0, 0)   # last reason logged, when, how many since
         self._last_detect = -1e9
         self._last_faces = 0
         self._all_decided = False
@@ -528,6 +530,18 @@ class Daemon:
                                       latency_ms=round(self.stats.latency_ms, 1),
                                       camera=self.camera_problem or "ok"))
 
+    def _skipped(self, why: str, exc_info: bool = False) -> None:
+        """Log a skipped frame; the same reason again within SKIP_LOG_SECONDS only counts (10 a second
+        of one unusable gallery filled the log)."""
+        t = time.monotonic()
+        last_why, last_t, count = self._skip_log
+        if why == last_why and t - last_t < SKIP_LOG_SECONDS:
+            self._skip_log = (last_why, last_t, count + 1)
+            return
+        more = f" ({count} more frames skipped for this in the last {t - last_t:.0f} s)" if why == last_why and count else ""
+        log.error("frame skipped: %s%s", why, more, exc_info=exc_info)
+        self._skip_log = (why, t, 0)
+
     def _camera_health(self, now: float, detail: float | None) -> None:
         """After each pass of the loop: ``detail`` of a new frame (ChangeGate.detail), None when none came."""
         if self._last_new_frame is None:
@@ -587,12 +601,12 @@ class Daemon:
             try:
                 self.process(frame.image, now)
             except LockError as exc:
-                log.error("frame skipped: %s", exc)
+                self._skipped(str(exc))
                 continue
-            except Exception:
+            except Exception as exc:
                 # A fault in one frame denies that frame (the relay only ever opens for a granted
                 # decision); no watchdog kick, so one that repeats restarts the service.
-                log.exception("frame skipped: unexpected error")
+                self._skipped(f"unexpected error: {type(exc).__name__}: {exc}", exc_info=True)
                 continue
             if not self._ready:
                 self._ready = True

@@ -280,8 +280,32 @@ def test_an_unexpected_error_in_one_frame_skips_that_frame_only(tmp_path, pipe, 
     with Running(Daemon(s, pin_factory=factory)) as run:
         run.wait()
         assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a]
-    assert caplog.text.count("frame skipped: unexpected error") == 3 and "injected fault" in caplog.text
+    assert len(calls) >= 6 and "injected fault" in caplog.text
+    assert caplog.text.count("frame skipped: unexpected error") == 1, "the same fault again only counts"
     assert len(active_spans(relay_history(factory))) == 1
+
+
+def test_a_frame_skipped_for_the_same_reason_is_logged_once_a_while(tmp_path, caplog, monkeypatch):
+    """A gallery replaced by an unusable file skipped every frame: 10 error lines a second."""
+    import lock.daemon
+
+    monkeypatch.setattr(lock.daemon, "SKIP_LOG_SECONDS", 0.3)
+    d = Daemon(scenario.settings(tmp_path), pin_factory=MockFactory())
+    with caplog.at_level(logging.ERROR, logger="lock.daemon"):
+        for _ in range(3):
+            d._skipped("the gallery file was replaced by one that cannot be opened")
+        d._skipped("another reason")
+        time.sleep(0.35)
+        d._skipped("another reason")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "frame skipped: the gallery file was replaced by one that cannot be opened"
+    assert lines[1:] == ["frame skipped: another reason", "frame skipped: another reason"]
+    for _ in range(4):
+        d._skipped("the same")
+    time.sleep(0.35)
+    caplog.clear()
+    d._skipped("the same")
+    assert "(3 more frames skipped for this in the last" in caplog.text
 
 
 def test_a_reload_applies_quality_to_the_enrollment_pipeline_and_keeps_vision_as_opened(tmp_path):
