@@ -82,6 +82,7 @@ def write_config(tmp: Path, fps: float, threshold: float | None, photos: list[Pa
         "gallery": {"path": str(tmp / "gallery.db")},
         "audit": {"path": str(tmp / "audit.db")},
         "control": {"socket": str(tmp / "control.sock"), "group": None},
+        "door": {"relay_pin": "GPIO17", "relay_active_high": True},   # a config file must state both
         "log_level": "INFO",
     }
     if threshold is not None:
