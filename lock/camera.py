@@ -383,7 +383,7 @@ class FileCamera(Camera):
 
     def _connect(self) -> None:
         if not self._video:
-            if self._bad and self.path.is_dir():   # after an outage (below): what is in the folder now
+            if (self._bad or not self._files) and self.path.is_dir():   # after an outage (below): the folder now
                 self._files, self._bad, self._pos = iter_images([self.path]), set(), 0
             return
         cap = cv2.VideoCapture(str(self.path))

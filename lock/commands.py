@@ -244,7 +244,8 @@ def cmd_mqtt_test(args: argparse.Namespace) -> int:
     if status.get("mqtt_conflict"):
         problems.append(status["mqtt_conflict"])
         print(f"failed: the running lock says: {status['mqtt_conflict']}")
-    ok, why = check(settings.mqtt, instance=status.get("mqtt_instance"))
+    from lock.mqtt import install_id
+    ok, why = check(settings.mqtt, install=install_id(settings.control.socket))
     print(("ok: " if ok else "failed: ") + why)
     return 0 if ok and not problems else 1
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,12 +55,17 @@ class ControlServer:
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: whoever may write the folder (the service user, under systemd) must not make a
+            # later `sudo lock run` empty some other file through a link planted here.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise ControlError(f"control.socket = {str(self.path)!r}: cannot make {lock_path}: "
                                f"{exc.strerror or exc} (as a service, systemd makes its folder: "
                                "RuntimeDirectory=face-lock; by hand, run as root or set control.socket "
-                               "to a folder you can write)") from None
+                               "to a folder you can write; a symbolic link there is refused)") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):   # a FIFO or device planted there: not ours to write
+            os.close(fd)
+            raise ControlError(f"{lock_path}: not a plain file; remove it (control.socket)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -209,9 +209,9 @@ class Daemon:
             self.decider.restore_lockout(state.get("lockout") or {})
             self.gate = ChangeGate(s.idle.change_threshold)
             if s.mqtt.enabled:
-                from lock.mqtt import MqttBridge
+                from lock.mqtt import MqttBridge, install_id
                 self.mqtt = MqttBridge(s.mqtt, self.bus, Commands(self), has_contact=s.door.contact_pin is not None,
-                                       outbox=self.audit)
+                                       outbox=self.audit, install=install_id(s.control.socket))
                 self.mqtt.start()
             self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
             self.door.announce()  # the door was opened before the audit log and MQTT listened
@@ -361,7 +361,6 @@ class Daemon:
             "latency_ms": round(self.stats.latency_ms, 1),
             "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
             "mqtt_conflict": self.mqtt.conflict if self.mqtt else None,
-            "mqtt_instance": self.mqtt.instance if self.mqtt else None,
             "frames": self.stats.frames,
         }
 

@@ -208,7 +208,8 @@ def doctor(config_path: str | None) -> int:
             warn("mqtt", msg)
         if status.get("mqtt_conflict"):
             bad("mqtt", f"the running lock says: {status['mqtt_conflict']}")
-        good, why = check(settings.mqtt, instance=status.get("mqtt_instance"))
+        from lock.mqtt import install_id
+        good, why = check(settings.mqtt, install=install_id(settings.control.socket))
         (ok if good else bad)("mqtt", why)
     else:
         ok("mqtt", "off in config (mqtt.enabled)")

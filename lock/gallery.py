@@ -305,11 +305,27 @@ class Gallery:
                 raise GalleryError(f"{self.path}: the gallery file was replaced by one that cannot be opened; "
                                    "nobody is recognised until it is fixed")
             try:
+                self._no_stale_wal()
                 self.open()
             except GalleryError:
                 self._lost_at = time.monotonic()
                 raise
             self._lost_at = None
+
+    def _no_stale_wal(self) -> None:
+        """After the file was replaced under a running daemon: its -wal, if it holds anything, is the old
+        file's, and SQLite would read those pages over the new file (and write them into it)."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        try:
+            stale = wal.stat().st_size > 0
+        except OSError:
+            return
+        if stale:
+            raise GalleryError(f"{self.path}: the gallery file was replaced or removed while in use, and {wal} "
+                               "still holds the old gallery's last changes, which SQLite would read over the "
+                               "file now in place: nobody is recognised until this is fixed. Stop the service "
+                               f"(systemctl stop lock), remove {wal} and {shm}, and start it again. To restore a "
+                               "backup: stop the service, put the file in place, start it.")
 
     def _signature(self) -> tuple:
         """Inode, size and mtime of the file and its WAL: changes whenever anyone writes it."""

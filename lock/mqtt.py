@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -87,18 +88,21 @@ CODE_LOCKOUT_MAX_SECONDS = 3600
 # hello on <base>/instance when it connects and every HELLO_EVERY_SECONDS, with a token new at every
 # start, and answers another's hello at once (at most every HELLO_REPLY_SECONDS); the broker does not
 # echo a client's own messages (MQTT 5 No Local).  While a hello with another token was heard in the
-# last CONFLICT_SECONDS, or the broker handed this lock's client id to another client, every remote lock
-# command and face unlock ON are refused; OFF is obeyed.  Two clients with one id take the session from
-# each other on every reconnect, so their hellos never meet: the broker may say so (MQTT 5 reason code
-# 142, Session taken over; mosquitto 2.0 does not), else a connection closed within TAKEOVER_SECONDS of
-# its CONNACK, TAKEOVER_DROPS times in a row, each time taken back at the first try (a broker restart
-# refuses that first try), is taken for it.
+# last CONFLICT_SECONDS, or the broker handed this lock's client id to another client, UNLOCK, OPEN and
+# face unlock ON from MQTT are refused; LOCK with this lock's code and OFF are obeyed (they only make a
+# door safer), and a wrong code then counts for nothing (it may be the other lock's).  Two clients with
+# one id take the session from each other on every reconnect, so their hellos never meet: the broker may
+# say so (MQTT 5 reason code 142, Session taken over; mosquitto 2.0 does not), else a connection closed
+# without a reason (the socket just closed, as mosquitto does on a takeover) within TAKEOVER_SECONDS of
+# its CONNACK, TAKEOVER_DROPS times in a row, each time taken back at the first try (a broker that is
+# restarting refuses that first try), is taken for it.
 HELLO_EVERY_SECONDS = 60.0
 HELLO_REPLY_SECONDS = 5.0
 CONFLICT_SECONDS = 180.0
 SESSION_TAKEN_OVER = 142
 TAKEOVER_SECONDS = 5.0
-TAKEOVER_DROPS = 3
+TAKEOVER_DROPS = 5
+UNSPECIFIED_ERROR = 128   # paho's reason code when the socket closed without an MQTT DISCONNECT
 
 
 class CommandHandler(Protocol):
@@ -293,30 +297,53 @@ def _dumps(payload: Any) -> str:
     return json.dumps(payload, default=_json_default, separators=(",", ":"))
 
 
-def hello(instance: str, reply: bool) -> str:
-    """The payload a lock says hello with on ``<base>/instance``."""
-    return _dumps({"instance": instance, "host": socket.gethostname(), "reply": reply})
-
-
-def read_hello(payload: bytes) -> tuple[str, str, bool] | None:
-    """(instance, host, reply) of a hello, or None for anything else."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        return None
+def install_id(control_socket: str) -> str:
+    """The installation a hello comes from: the machine and the daemon's control socket, the same for
+    `lock run` and for `lock doctor` / `lock mqtt-test` run beside it with its config."""
     try:
-        data = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("instance"), str) or not data["instance"]:
-        return None
-    host = data.get("host")
-    host = host[:64] if isinstance(host, str) and host.isprintable() else "?"
-    return data["instance"][:64], host, data.get("reply") is True
+        machine = Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        machine = socket.gethostname()
+    raw = f"{machine}\0{os.path.abspath(control_socket)}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    """What a lock says on ``<base>/instance`` (see HELLO_EVERY_SECONDS)."""
+
+    instance: str          # this run's token (random at every start)
+    install: str = ""      # install_id()
+    host: str = "?"
+    reply: bool = False    # an answer to another's hello (never answered itself)
+    probe: bool = False    # from `lock mqtt-test` / `lock doctor`: answered, never taken for another lock
+
+    def dumps(self) -> str:
+        return _dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, payload: bytes) -> "Hello | None":
+        if len(payload) > MAX_COMMAND_BYTES:
+            return None
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("instance"), str) or not data["instance"]:
+            return None
+
+        def text(key: str, default: str) -> str:
+            v = data.get(key)
+            return v[:64] if isinstance(v, str) and v.isprintable() else default
+
+        return cls(data["instance"][:64], text("install", ""), text("host", "?"), data.get("reply") is True,
+                   data.get("probe") is True)
 
 
 def conflict_message(settings: MQTTSettings, host: str) -> str:
     return (f"another lock (host {host}) uses this lock's topics on the broker (mqtt.base_topic = "
-            f"{settings.base_topic}): Home Assistant's commands for one would reach both; remote lock commands "
-            "and face unlock ON are refused until each lock has its own mqtt.base_topic and mqtt.client_id "
+            f"{settings.base_topic}): Home Assistant's commands for one would reach both; UNLOCK, OPEN and face "
+            "unlock ON from MQTT are refused until each lock has its own mqtt.base_topic and mqtt.client_id "
             "(README: More than one lock)")
 
 
@@ -414,9 +441,10 @@ class MqttBridge:
     def __init__(self, settings: MQTTSettings, bus: EventBus, handler: CommandHandler, *,
                  clock: Callable[[], float] = time.time, has_contact: bool = False,
                  outbox: Outbox | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 instance: str | None = None) -> None:
+                 install: str = "") -> None:
         self.settings = settings
-        self.instance = instance or uuid.uuid4().hex   # this run's token in the hellos (HELLO_EVERY_SECONDS)
+        self.instance = uuid.uuid4().hex   # this run's token in the hellos (HELLO_EVERY_SECONDS)
+        self.install = install             # install_id(control.socket): lets `lock doctor` know its own lock
         self._monotonic = monotonic
         self._others: dict[str, tuple[str, float]] = {}   # another lock's token -> (host, last heard)
         self._taken_over_at: float | None = None
@@ -487,10 +515,11 @@ class MqttBridge:
         if heard:
             return conflict_message(self.settings, max(heard)[1])
         if taken:
-            return (f"the broker keeps dropping this lock within seconds of connecting: most likely another MQTT "
-                    f"client uses its client id (mqtt.client_id = {self.settings.client_id}); remote lock commands "
-                    "and face unlock ON are refused until each lock has its own mqtt.client_id and "
-                    "mqtt.base_topic (README: More than one lock)")
+            return (f"the broker dropped this lock within seconds of connecting {TAKEOVER_DROPS} times in a row: "
+                    f"most likely another MQTT client uses its client id (mqtt.client_id = "
+                    f"{self.settings.client_id}), or the broker was restarted again and again; UNLOCK, OPEN and "
+                    f"face unlock ON from MQTT are refused for {CONFLICT_SECONDS / 60:.0f} minutes after the last "
+                    "such drop (README: More than one lock)")
         return None
 
     # -- life cycle
@@ -644,12 +673,15 @@ class MqttBridge:
         self._control.clear()
         self._control.extend(kept + fresh)
 
+    def _hello(self, reply: bool = False) -> str:
+        return Hello(self.instance, self.install, socket.gethostname(), reply=reply).dumps()
+
     def _periodic_hello(self) -> None:
         """Called with the lock held: say hello again every HELLO_EVERY_SECONDS while connected."""
         now = self._monotonic()
         if self._connected and now >= self._next_hello:
             self._next_hello = now + HELLO_EVERY_SECONDS
-            self._control.append(_Message(self.topics.instance, hello(self.instance, False)))
+            self._control.append(_Message(self.topics.instance, self._hello()))
 
     def _send_loop(self) -> None:
         while True:
@@ -741,7 +773,7 @@ class MqttBridge:
         with self._cond:
             self._control.clear()
             self._control.append(_Message(self.topics.availability, ONLINE, retain=True))
-            self._control.append(_Message(self.topics.instance, hello(self.instance, False)))
+            self._control.append(_Message(self.topics.instance, self._hello()))
             self._next_hello = self._monotonic() + HELLO_EVERY_SECONDS
             self._control.extend(self._discovery())
             self._control.extend(self._last_state.values())
@@ -777,7 +809,8 @@ class MqttBridge:
             self._cond.notify_all()
         if was and not self._closing:
             now = self._monotonic()
-            quick = now - self._connected_at < TAKEOVER_SECONDS
+            bare = getattr(reason_code, "value", None) == UNSPECIFIED_ERROR
+            quick = bare and now - self._connected_at < TAKEOVER_SECONDS
             self._quick_drops = self._quick_drops + 1 if quick else 0
             if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._quick_drops >= TAKEOVER_DROPS:
                 with self._cond:
@@ -825,7 +858,8 @@ class MqttBridge:
                         self._cond.notify_all()
             return
         if topic == self.topics.instance:
-            self._instance_message(message.payload)
+            if not message.retain:   # a retained hello is no lock that is there now
+                self._instance_message(message.payload)
             return
         if topic not in (self.topics.lock_command, self.topics.switch_command):
             return
@@ -859,25 +893,28 @@ class MqttBridge:
             self._lock_command(action, code)
 
     def _instance_message(self, payload: bytes) -> None:
-        """Another lock's hello (never this one's: No Local): note it, and answer it once in a while."""
-        said = read_hello(payload)
-        if said is None or said[0] == self.instance:   # the doctor's probe carries the daemon's own token
+        """Another lock's hello (never this one's: No Local): note it, and answer it.
+
+        A token not heard lately is always answered (a lock that restarts must learn at once that it is
+        not alone); repeats at most every HELLO_REPLY_SECONDS.  A probe (`lock doctor`) is answered and
+        never taken for another lock: a check must not turn remote control off."""
+        said = Hello.read(payload)
+        if said is None or said.instance == self.instance:
             return
-        other, host, reply = said
         now = self._monotonic()
         with self._cond:
-            seen = self._others.get(other)
+            seen = self._others.get(said.instance)
             new = seen is None or now - seen[1] >= CONFLICT_SECONDS
-            if other not in self._others and len(self._others) >= 16:   # made-up tokens: bounded
-                self._others.pop(min(self._others, key=lambda k: self._others[k][1]))
-            self._others[other] = (host, now)
-            answer = not reply and now - self._replied_at >= HELLO_REPLY_SECONDS
-            if answer:
+            if not said.probe:
+                if said.instance not in self._others and len(self._others) >= 16:   # made-up tokens: bounded
+                    self._others.pop(min(self._others, key=lambda k: self._others[k][1]))
+                self._others[said.instance] = (said.host, now)
+            if not said.reply and (new or now - self._replied_at >= HELLO_REPLY_SECONDS):
                 self._replied_at = now
-                self._control.append(_Message(self.topics.instance, hello(self.instance, True)))
+                self._control.append(_Message(self.topics.instance, self._hello(reply=True)))
             self._cond.notify_all()
-        if new:
-            log.error("MQTT: %s", conflict_message(self.settings, host))
+        if new and not said.probe:
+            log.error("MQTT: %s", conflict_message(self.settings, said.host))
 
     def _switch_command(self, action: str) -> None:
         # No code here, by design (README, Home Assistant): HA's switch cannot send one, and
@@ -910,7 +947,8 @@ class MqttBridge:
             self._refuse("unknown", "MQTT: ignored unknown lock command %r", action[:20])
             return
         conflict = self.conflict
-        if conflict:   # before the code: the other lock's commands carry its code, not a wrong guess
+        if conflict and (action != "LOCK" or not self._code_ok(code)):
+            # Before the code check: the other lock's commands carry its code, not a wrong guess.
             if self._refuse("conflict", "MQTT: %s refused: %s", action, conflict):
                 self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="shared_topics",
                                             source="mqtt", action=action.lower()))
@@ -999,13 +1037,14 @@ def _parse_command(text: str) -> tuple[str | None, str | None]:
 
 # --------------------------------------------------------------------------- lock mqtt-test
 
-def check(settings: MQTTSettings, timeout: float = 5.0, *, instance: str | None = None,
+def check(settings: MQTTSettings, timeout: float = 5.0, *, install: str = "",
           listen: float = 1.0) -> tuple[bool, str]:
     """Connect once with these settings and say plainly whether it worked, and why not.
 
     It connects as ``<client_id>-test`` (the broker would drop a running lock that has the client id
-    itself) and says hello on the lock's topics for ``listen`` seconds: another lock that answers uses
-    the same topics.  ``instance`` is the running daemon's token (its own answer is not another lock).
+    itself) and probes the lock's topics for ``listen`` seconds: a lock that answers from another
+    installation than ``install`` (install_id() of this config) uses the same topics.  Locks answer a
+    probe but never take it for another lock.
     """
     where = f"{settings.host}:{settings.port}"
     try:
@@ -1025,12 +1064,13 @@ def check(settings: MQTTSettings, timeout: float = 5.0, *, instance: str | None 
         done.set()
 
     others: dict[str, str] = {}
-    mine = instance or uuid.uuid4().hex
+    mine = Hello(uuid.uuid4().hex, install, socket.gethostname(), probe=True)
 
     def on_message(client, userdata, message):
-        said = read_hello(message.payload)
-        if said is not None and said[0] != mine:
-            others[said[0]] = said[1]
+        said = Hello.read(message.payload)
+        if (said is not None and not message.retain and not said.probe and said.instance != mine.instance
+                and not (install and said.install == install)):
+            others[said.instance] = said.host
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
@@ -1065,7 +1105,7 @@ def check(settings: MQTTSettings, timeout: float = 5.0, *, instance: str | None 
         if listen > 0:
             topic = Topics.of(settings).instance
             client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
-            client.publish(topic, hello(mine, False), qos=1)
+            client.publish(topic, mine.dumps(), qos=1)
             time.sleep(listen)
             if others:
                 return False, f"{said}, but " + conflict_message(settings, sorted(others.values())[0])

@@ -293,6 +293,7 @@ def test_a_looping_folder_emptied_and_filled_again_comes_back(tmp_path, caplog):
             f.rename(aside / f.name)
         assert wait_until(lambda: not cam.healthy, 5)
         assert not cam.exhausted
+        time.sleep(3.0)   # still empty at the first tries (retry_max_seconds 1): before, it never looked again
         for f in aside.iterdir():
             f.rename(d / f.name)
         assert wait_until(lambda: cam.healthy, 10)

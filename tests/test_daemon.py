@@ -757,3 +757,19 @@ def test_a_stalled_or_blank_camera_is_reported(tmp_path, caplog):
     said = caplog.text
     assert f"no new frame for {CAMERA_QUIET_SECONDS:.0f} s" in said and "the picture has shown nothing" in said
     assert "pictures again" in said
+
+
+def test_the_claim_never_writes_through_a_planted_link(tmp_path):
+    """Whoever may write the socket's folder (the service user, under systemd) could link <socket>.lock to
+    another file, which a later `sudo lock run` then emptied and wrote its pid into."""
+    from lock.control import ControlServer
+    from lock.errors import ControlError
+
+    victim = tmp_path / "important"
+    victim.write_text("important content\n")
+    sock = tmp_path / "run" / "control.sock"
+    sock.parent.mkdir()
+    (sock.parent / "control.sock.lock").symlink_to(victim)
+    with pytest.raises(ControlError, match="symbolic link"):
+        ControlServer(str(sock), lambda req, say: {"ok": True}).claim()
+    assert victim.read_text() == "important content\n"
