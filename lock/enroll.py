@@ -33,6 +33,9 @@ DIFFERENT_PERSON_COSINE = 0.30
 # a photo this similar to one of the person's templates is already stored (the
 # same enrollment run again), and is not stored twice.
 SAME_PHOTO_COSINE = 0.99
+# A hint already given is repeated at most this often (two hints taking turns frame after frame printed
+# about 110 lines a minute).
+HINT_EVERY_SECONDS = 3.0
 
 
 @dataclasses.dataclass
@@ -176,6 +179,7 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
     embs: list[np.ndarray] = []
     quals: list[float] = []
     last_hint = ""
+    said_at: dict[str, float] = {}
     deadline = clock() + timeout
     timed_out = False
     say(f"look at the camera: {count} good views needed")
@@ -197,8 +201,9 @@ def enroll_frames(pipeline, gallery, name: str, frames: Iterator[np.ndarray], *,
                 say(f"view {len(embs)}/{count} captured")
                 if len(embs) >= count:
                     break
-        if hint and hint != last_hint:
+        if hint and hint != last_hint and clock() - said_at.get(hint, -HINT_EVERY_SECONDS) >= HINT_EVERY_SECONDS:
             say(hint)
+            said_at[hint] = clock()
         last_hint = hint
     if len(embs) < count:
         when = f"within {timeout:.0f} s" if timed_out or clock() > deadline else "before the camera stopped"

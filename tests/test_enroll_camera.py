@@ -72,3 +72,28 @@ def test_daemon_enrolls_from_its_camera_over_the_socket(tmp_path, photos):
     assert during == []
     assert any("captured" in m.get("progress", "") for m in msgs)
     assert templates(s, "a new user") == 3
+
+
+def test_two_hints_taking_turns_are_not_repeated_every_frame(tmp_path, photos):
+    """A person stepping in and out of view: "no face found" and "turn your head" took turns, one line a frame."""
+    from lock.enroll import HINT_EVERY_SECONDS, enroll_frames
+    from lock.errors import EnrollmentError
+    from lock.vision.pipeline import FacePipeline
+
+    s = scenario.settings(tmp_path)
+    pipe = FacePipeline(s).open()
+    face = scenario.walk(photos.singles[0], 1)[0]
+    frames = [face] + [scenario.empty(1)[0], face] * 20   # one view, then the same view and nobody in turns
+    t = [0.0]
+
+    def clock():
+        t[0] += 0.02
+        return t[0]
+
+    said: list[str] = []
+    with Gallery(s.gallery.path, pipe.model_hash) as g, pytest.raises(EnrollmentError):
+        enroll_frames(pipe, g, "a new user", iter(frames), count=3, timeout=600, say=said.append, clock=clock)
+    hints = [m for m in said if "captured" not in m and not m.startswith("look at the camera")]
+    assert set(hints) == {"turn your head a little, or move a step", "no face found"}, hints
+    # the run lasts well under a minute of this clock: each hint said about once per HINT_EVERY_SECONDS
+    assert len(hints) <= 2 * (t[0] / HINT_EVERY_SECONDS + 1), (len(hints), t[0])
