@@ -205,12 +205,19 @@ class Gallery:
         return self
 
     def _connect(self) -> tuple[sqlite3.Connection, int]:
-        """A read-write connection (WAL, schema in place) and the schema version; raises sqlite3.Error."""
+        """A read-write connection (rollback journal, schema in place) and the schema version; raises sqlite3.Error.
+
+        Not WAL (as before): a -wal file outlives a replaced or moved database file, and SQLite reads it
+        over whatever file is at the path next, by any process (https://www.sqlite.org/howtocorrupt.html,
+        2.4): a backup put in place brought back the people it should remove.  A rollback journal exists
+        only while a write is under way, and the gallery is written only when someone is enrolled or
+        changed.  A gallery made in WAL mode is turned into one at its first open with no other user.
+        """
         db = None
         try:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 10000")
-            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA journal_mode = DELETE")
             db.execute("PRAGMA foreign_keys = ON")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
@@ -313,14 +320,17 @@ class Gallery:
             self._lost_at = None
 
     def _no_stale_wal(self) -> None:
-        """After the file was replaced under a running daemon: its -wal, if it holds anything, is the old
-        file's, and SQLite would read those pages over the new file (and write them into it)."""
+        """After the file was replaced under a running daemon: a -wal beside a new file in WAL mode (a
+        gallery of an earlier version, which used WAL) is the old file's, and SQLite would read those pages
+        over the new one (and write them into it).  A file in rollback mode never reads a -wal."""
         wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
         try:
             stale = wal.stat().st_size > 0
+            with open(self.path, "rb") as f:
+                header = f.read(20)
         except OSError:
             return
-        if stale:
+        if stale and len(header) == 20 and header[18] == 2:   # file format write version 2: WAL
             raise GalleryError(f"{self.path}: the gallery file was replaced or removed while in use, and {wal} "
                                "still holds the old gallery's last changes, which SQLite would read over the "
                                "file now in place: nobody is recognised until this is fixed. Stop the service "

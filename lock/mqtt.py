@@ -89,8 +89,9 @@ CODE_LOCKOUT_MAX_SECONDS = 3600
 # start, and answers another's hello at once (at most every HELLO_REPLY_SECONDS); the broker does not
 # echo a client's own messages (MQTT 5 No Local).  While a hello with another token was heard in the
 # last CONFLICT_SECONDS, or the broker handed this lock's client id to another client, UNLOCK, OPEN and
-# face unlock ON from MQTT are refused; LOCK with this lock's code and OFF are obeyed (they only make a
-# door safer), and a wrong code then counts for nothing (it may be the other lock's).  Two clients with
+# face unlock ON from MQTT are refused; LOCK and OFF are obeyed (they only make a door safer), LOCK
+# whatever code it carries (the other lock's carry its own; a checked one would let whoever can make a
+# conflict guess codes past the lockout).  Two clients with
 # one id take the session from each other on every reconnect, so their hellos never meet: the broker may
 # say so (MQTT 5 reason code 142, Session taken over; mosquitto 2.0 does not), else a connection closed
 # without a reason (the socket just closed, as mosquitto does on a takeover) within TAKEOVER_SECONDS of
@@ -947,8 +948,14 @@ class MqttBridge:
             self._refuse("unknown", "MQTT: ignored unknown lock command %r", action[:20])
             return
         conflict = self.conflict
-        if conflict and (action != "LOCK" or not self._code_ok(code)):
-            # Before the code check: the other lock's commands carry its code, not a wrong guess.
+        if conflict:
+            # The code is not looked at: the other lock's commands carry its code, not a wrong guess, and an
+            # answer to it would let anyone who can make a conflict guess codes unchecked by the lockout.
+            if action == "LOCK":   # only makes a door safer: obeyed, whatever code it carries
+                if self._bucket.take():
+                    log.info("MQTT: LOCK asked remotely (another lock shares the topics: its code is not checked)")
+                    self._handler.lock("mqtt")
+                return
             if self._refuse("conflict", "MQTT: %s refused: %s", action, conflict):
                 self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="shared_topics",
                                             source="mqtt", action=action.lower()))
