@@ -136,7 +136,7 @@ def _owned_like_its_folder(path: Path) -> None:
     """A gallery made by root (`sudo lock enroll`) in the service user's folder goes to that user.
 
     Left to root (mode 0600), the service could not open it at all.  SQLite
-    gives its -wal and -shm files the database file's owner when it runs as root.
+    gives its journal the database file's owner when it runs as root.
     """
     if os.geteuid() != 0:
         return
