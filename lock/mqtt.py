@@ -507,6 +507,12 @@ class MqttBridge:
             return len(self._queue)
 
     @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged by the broker: queued, control (discovery, states) and in flight."""
+        with self._cond:
+            return len(self._queue) + len(self._control) + (self._inflight is not None)
+
+    @property
     def conflict(self) -> str | None:
         """Why remote lock commands are refused just now (another lock on these topics), or None."""
         now = self._monotonic()

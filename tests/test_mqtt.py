@@ -587,8 +587,7 @@ def test_a_stop_waits_for_the_acknowledgement_of_the_message_in_flight(mqtt_brok
     for k in range(3):
         bridge = SlowNetwork(mqtt_broker.settings(), bus, RecordingHandler(), outbox=audit)
         bridge.start()
-        wait(lambda: bridge.connected and bridge.queued == 0)
-        time.sleep(1.5)                       # discovery and states acknowledged
+        wait(lambda: bridge.connected and bridge.pending == 0, timeout=30)   # discovery and states acknowledged
         bus.publish(Event(events.EXIT_BUTTON, time=time.time()))
         time.sleep(0.05)                      # handed to paho, acknowledgement on its way
         bridge.stop(flush_seconds=2.0)
