@@ -159,7 +159,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_faces(args: argparse.Namespace) -> int:
     from lock.schedule import Schedule
     settings = _load(args)
-    if not os.path.lexists(settings.gallery.path):
+    if not os.path.lexists(settings.gallery.path) and args.action != "restore":
         # Nothing to read or change: create nothing (a gallery made by root would lock the service out).
         failed = args.action in ("remove", "rename", "schedule")
         print(f"{'error: ' if failed else ''}no gallery at {settings.gallery.path} yet: nobody is enrolled "
@@ -197,6 +197,10 @@ def cmd_faces(args: argparse.Namespace) -> int:
         elif args.action == "purge-stale":
             n = g.purge_stale()
             print(f"removed {n} template(s) made by another model")
+        elif args.action == "restore":
+            n = g.restore(args.backup)
+            print(f"restored {settings.gallery.path} from {args.backup}: {n} people "
+                  "(a running daemon matches against them from its next detection)")
     return 0
 
 
@@ -289,6 +293,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "24:00 is the end of the day (default: 00:00-24:00)")
     r.add_argument("--clear", action="store_true", help="remove NAME's schedule: any day, any time")
     fs.add_parser("purge-stale", help="remove templates made by another model")
+    r = fs.add_parser("restore", help="make the gallery hold exactly what the gallery file BACKUP holds "
+                                      "(safe while the service runs; never put a file in place with mv or cp)")
+    r.add_argument("backup")
     s.set_defaults(func=cmd_faces)
 
     s = sub.add_parser("status", help="the running daemon's state")

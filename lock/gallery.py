@@ -136,7 +136,7 @@ def _owned_like_its_folder(path: Path) -> None:
     """A gallery made by root (`sudo lock enroll`) in the service user's folder goes to that user.
 
     Left to root (mode 0600), the service could not open it at all.  SQLite
-    gives its journal the database file's owner when it runs as root.
+    gives its -wal and -shm files the database file's owner when it runs as root.
     """
     if os.geteuid() != 0:
         return
@@ -166,6 +166,7 @@ class Gallery:
         self._frozen: tuple | None = None  # file signature when opened immutable (read-only fallback)
         self._opened_id: tuple[int, int] | None = None   # (st_dev, st_ino) of the file the connection is on
         self._lost_at: float | None = None   # monotonic time the file went and what came in its place would not open
+        self._stale_wal: str | None = None   # why a file put in place beside the old -wal is refused (for good)
         # Counts the times the file at gallery.path was found to be another one and opened afresh: its
         # version counter starts again, so version() alone cannot say that everything changed.
         self.generation = 0
@@ -205,19 +206,12 @@ class Gallery:
         return self
 
     def _connect(self) -> tuple[sqlite3.Connection, int]:
-        """A read-write connection (rollback journal, schema in place) and the schema version; raises sqlite3.Error.
-
-        Not WAL (as before): a -wal file outlives a replaced or moved database file, and SQLite reads it
-        over whatever file is at the path next, by any process (https://www.sqlite.org/howtocorrupt.html,
-        2.4): a backup put in place brought back the people it should remove.  A rollback journal exists
-        only while a write is under way, and the gallery is written only when someone is enrolled or
-        changed.  A gallery made in WAL mode is turned into one at its first open with no other user.
-        """
+        """A read-write connection (WAL, schema in place) and the schema version; raises sqlite3.Error."""
         db = None
         try:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 10000")
-            db.execute("PRAGMA journal_mode = DELETE")
+            db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA foreign_keys = ON")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
@@ -301,6 +295,8 @@ class Gallery:
         so nobody is recognised (GalleryError), and is tried again every REOPEN_SECONDS.
         """
         with self._lock:
+            if self._stale_wal:
+                raise GalleryError(self._stale_wal)
             if self._lost_at is None:
                 if self._db is None or self._file_id() == self._opened_id:
                     return
@@ -320,22 +316,61 @@ class Gallery:
             self._lost_at = None
 
     def _no_stale_wal(self) -> None:
-        """After the file was replaced under a running daemon: a -wal beside a new file in WAL mode (a
-        gallery of an earlier version, which used WAL) is the old file's, and SQLite would read those pages
-        over the new one (and write them into it).  A file in rollback mode never reads a -wal."""
-        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        """After the file was replaced under a running daemon: its -wal, if it holds anything, is the old
+        file's, and SQLite reads those pages over the new file, in this process or any other
+        (https://www.sqlite.org/howtocorrupt.html: a database file and its -wal or -journal must stay
+        together).  Which pages win can no longer be known here, so nobody is recognised until a restart:
+        the way back is `lock faces restore`, which goes through SQLite."""
+        wal = Path(f"{self.path}-wal")
         try:
             stale = wal.stat().st_size > 0
-            with open(self.path, "rb") as f:
-                header = f.read(20)
         except OSError:
             return
-        if stale and len(header) == 20 and header[18] == 2:   # file format write version 2: WAL
-            raise GalleryError(f"{self.path}: the gallery file was replaced or removed while in use, and {wal} "
-                               "still holds the old gallery's last changes, which SQLite would read over the "
-                               "file now in place: nobody is recognised until this is fixed. Stop the service "
-                               f"(systemctl stop lock), remove {wal} and {shm}, and start it again. To restore a "
-                               "backup: stop the service, put the file in place, start it.")
+        if stale:
+            self._stale_wal = (
+                f"{self.path}: the gallery file was replaced while in use, beside the old file's {wal.name}, "
+                "which SQLite reads over it: what the door would match is unknown, so nobody is recognised. "
+                "Put the backup back with `lock faces restore BACKUP` (never with mv or cp), then restart "
+                "the service (systemctl restart lock)")
+            raise GalleryError(self._stale_wal)
+
+    def restore(self, source: str | os.PathLike) -> int:
+        """Make the gallery hold exactly what the gallery file ``source`` holds (a backup); returns the
+        number of people.  One transaction through SQLite, so a running daemon sees it like any other
+        change, and a gallery file is never swapped under its -wal (see _no_stale_wal).  ``source`` is
+        only read; a file that is not a readable gallery changes nothing."""
+        src_path = Path(source)
+        uri = "file:" + urllib.parse.quote(str(src_path.resolve())) + "?mode=ro"
+        try:
+            if not src_path.is_file():
+                raise sqlite3.OperationalError("no such file")
+            src = sqlite3.connect(uri, uri=True, timeout=10.0)
+            try:
+                if src.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("integrity check failed")
+                schema = src.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+                people = src.execute("SELECT id, name, created, schedule FROM people ORDER BY id").fetchall()
+                templates = src.execute("SELECT person_id, embedding, quality, created, model_hash FROM templates "
+                                        "ORDER BY id").fetchall()
+            finally:
+                src.close()
+        except (sqlite3.Error, TypeError) as exc:
+            raise GalleryError(f"{src_path}: not a gallery that can be restored ({exc}); nothing was changed") from None
+        if schema > SCHEMA_VERSION:
+            raise GalleryError(f"{src_path}: made by a newer version of this program (schema {schema}); "
+                               "nothing was changed")
+        bad = sorted({name for pid, name, *_ in people for p, blob, *_ in templates
+                      if p == pid and (not isinstance(blob, bytes) or len(blob) != 4 * EMBEDDING_DIM)})
+        if bad:
+            raise GalleryError(f"{src_path}: damaged templates for {', '.join(bad)}; nothing was changed")
+        with self._write() as db:
+            db.execute("DELETE FROM templates")
+            db.execute("DELETE FROM people")
+            db.executemany("INSERT INTO people (id, name, created, schedule) VALUES (?, ?, ?, ?)", people)
+            db.executemany("INSERT INTO templates (person_id, embedding, quality, created, model_hash) "
+                           "VALUES (?, ?, ?, ?, ?)", templates)
+        log.info("restored the gallery from %s: %d people", src_path, len(people))
+        return len(people)
 
     def _signature(self) -> tuple:
         """Inode, size and mtime of the file and its WAL: changes whenever anyone writes it."""

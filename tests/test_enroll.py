@@ -270,3 +270,33 @@ def test_a_gallery_made_by_root_in_the_service_users_folder_is_the_service_users
     left = sorted(state.iterdir())
     assert left and all((p.stat().st_uid, p.stat().st_gid) == (12345, 12345) for p in left), \
         [(p.name, p.stat().st_uid) for p in left]
+
+
+def test_faces_restore_on_the_command_line(tmp_path):
+    """`lock faces restore BACKUP`: into a new install (no gallery yet) and over a gallery in use; a file that
+    is no gallery is refused, naming it, and changes nothing."""
+    import numpy as np
+
+    from lock.gallery import Gallery
+    s = scenario.settings(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    backup = tmp_path / "backup.db"
+    v = np.zeros(128, np.float32)
+    v[0] = 1.0
+    with Gallery(backup, "sha256:any") as b:
+        b.enroll("a resident", [v], [0.9])
+
+    def lock(*args):
+        return subprocess.run([sys.executable, "-m", "lock", "--config", str(cfg), *args], capture_output=True,
+                              text=True, timeout=120)
+
+    r = lock("faces", "restore", str(backup))
+    assert r.returncode == 0 and "1 people" in r.stdout, r.stdout + r.stderr
+    assert "a resident: 0 template(s)" in lock("faces", "list").stdout   # another model's hash: listed apart
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a gallery\n" * 50)
+    r = lock("faces", "restore", str(junk))
+    assert r.returncode == 1 and str(junk) in r.stderr and "nothing was changed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "a resident" in lock("faces", "list").stdout

@@ -253,24 +253,11 @@ def test_a_gallery_moved_aside_or_replaced_is_followed(tmp_path, monkeypatch):
         daemon.version()
         assert daemon.matcher().people == ["Newcomer"] and daemon.generation == 1
 
-        backup = tmp_path / "backup" / "gallery.db"
-        with Gallery(backup, MODEL) as b:
-            b.enroll("Restored", [unit(3)], [0.9])
-        with Gallery(path, MODEL) as cli:   # a write while the daemon has the file open
-            cli.enroll("Another", [unit(4)], [0.9])
-        tmp = path.with_name("incoming.db")
-        tmp.write_bytes(backup.read_bytes())
-        tmp.replace(path)   # a backup put in place by rename while the service runs
-        daemon.version()
-        assert daemon.matcher().people == ["Restored"] and daemon.generation == 2
-        with Gallery(path, MODEL) as cli:   # and what the command line sees is the same
-            assert [p.name for p in cli.people()] == ["Restored"]
-
         monkeypatch.setattr(lock.gallery, "REOPEN_SECONDS", 0.0)
         for f in path.parent.glob("gallery.db*"):   # deleted to start over: nobody, until someone is enrolled
             f.unlink()
         daemon.version()
-        assert daemon.generation == 3 and daemon.people() == [] and len(daemon.matcher()) == 0
+        assert daemon.generation == 2 and daemon.people() == [] and len(daemon.matcher()) == 0
 
         (tmp_path / "junk.db").write_bytes(b"not a gallery\n" * 100)
         for f in path.parent.glob("gallery.db-*"):
@@ -280,60 +267,73 @@ def test_a_gallery_moved_aside_or_replaced_is_followed(tmp_path, monkeypatch):
             daemon.version()
         with pytest.raises(GalleryError):
             daemon.matcher()
-        tmp.write_bytes(backup.read_bytes())
-        tmp.replace(path)   # fixed: followed again
+        fixed = tmp_path / "fixed.db"
+        with Gallery(fixed, MODEL) as f:
+            f.enroll("Restored", [unit(3)], [0.9])
+        fixed.replace(path)   # fixed (no -wal beside it): followed again
         daemon.version()
         assert daemon.matcher().people == ["Restored"]
 
 
-def test_no_write_ahead_log_to_outlive_a_replaced_gallery(tmp_path):
-    """With WAL, the -wal of the file in use stayed beside a backup put in its place, and SQLite (the daemon,
-    or any `lock faces list`) read the old pages over the backup: the people it should remove came back.
-    The gallery now keeps a rollback journal, which exists only during a write; one made in WAL mode by an
-    earlier version is converted at its first open."""
-    path = tmp_path / "gallery.db"
-    with Gallery(path, MODEL) as daemon, Gallery(path, MODEL) as cli:
-        cli.enroll("Resident", [unit(1)], [0.9])
-        daemon.version()
-        assert sorted(p.name for p in path.parent.iterdir()) == ["gallery.db"]
-    legacy = tmp_path / "legacy.db"
-    with Gallery(legacy, MODEL) as g:
-        g.enroll("Resident", [unit(1)], [0.9])
-    raw = sqlite3.connect(legacy)
-    assert raw.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
-    raw.close()
-    with Gallery(legacy, MODEL) as g:
-        assert [p.name for p in g.people()] == ["Resident"]
-    assert legacy.read_bytes()[18] == 1, "converted to a rollback journal"
-
-
-def test_a_wal_mode_file_put_in_place_beside_a_stale_wal_is_not_trusted(tmp_path):
-    """A backup from an earlier version (WAL mode) renamed in while another process of that version still
-    holds the old file's -wal: SQLite would read the old pages over it."""
+def test_a_backup_put_in_place_beside_the_old_wal_is_never_trusted_and_restore_is_the_way(tmp_path):
+    """A backup renamed over the gallery while the daemon runs: the old file's -wal stays beside it, and SQLite
+    (the daemon, or any `lock faces list`) read the old pages over the backup, bringing back the people it
+    should remove.  Nobody is recognised instead, until a restart; `lock faces restore` does it right."""
     path = tmp_path / "state" / "gallery.db"
+    backup = tmp_path / "backup.db"
+    with Gallery(backup, MODEL) as b:
+        b.enroll("Kept", [unit(1)], [0.9])
     with Gallery(path, MODEL) as daemon:
         with Gallery(path, MODEL) as cli:
-            cli.enroll("Removed", [unit(1)], [0.9])
+            cli.enroll("Kept", [unit(1)], [0.9])
         daemon.version()
-        old = sqlite3.connect(path)   # an earlier version's process, in WAL mode, in the middle of its work
-        old.execute("PRAGMA journal_mode = WAL")
-        old.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-        old.commit()   # in the -wal until a checkpoint; the connection stays open
-        assert Path(f"{path}-wal").stat().st_size > 0
-        backup = tmp_path / "backup.db"
-        with Gallery(backup, MODEL) as b:
-            b.enroll("Kept", [unit(2)], [0.9])
-        raw = sqlite3.connect(backup)
-        raw.execute("PRAGMA journal_mode = WAL")
-        raw.close()
+        with Gallery(path, MODEL) as cli:   # a write while the daemon has the file open: it stays in the -wal
+            cli.enroll("Removed", [unit(2)], [0.9])
+        assert daemon.version() and Path(f"{path}-wal").stat().st_size > 0
         incoming = path.with_name("incoming.db")
         incoming.write_bytes(backup.read_bytes())
         incoming.replace(path)
-        with pytest.raises(GalleryError, match="gallery.db-wal"):
+        with pytest.raises(GalleryError, match="lock faces restore"):
             daemon.version()
         with pytest.raises(GalleryError):
             daemon.matcher()
-        old.close()
+        with Gallery(path, MODEL) as cli:   # what the old -wal does to the file put in place, in any process
+            seen = [p.name for p in cli.people()]
+        assert "Removed" in seen, seen
+        with pytest.raises(GalleryError, match="lock faces restore"):   # the daemon stays refused
+            daemon.version()
+        with Gallery(path, MODEL) as cli:   # the way back: through SQLite
+            assert cli.restore(backup) == 1
+        with pytest.raises(GalleryError):   # still refused until the restart
+            daemon.matcher()
+    with Gallery(path, MODEL) as restarted:
+        assert restarted.matcher().people == ["Kept"]
+
+
+def test_restore_while_the_daemon_runs_is_seen_at_once_and_a_bad_backup_changes_nothing(tmp_path):
+    path = tmp_path / "gallery.db"
+    backup = tmp_path / "backup.db"
+    with Gallery(backup, MODEL) as b:
+        b.enroll("Kept", [unit(1), unit(5)], [0.9, 0.8])
+        b.set_schedule("Kept", Schedule.parse("mon-fri", "08:00-18:00"))
+    before_backup = backup.read_bytes()
+    with Gallery(path, MODEL) as daemon, Gallery(path, MODEL) as cli:
+        cli.enroll("Kept", [unit(1)], [0.9])
+        cli.enroll("Removed", [unit(2)], [0.9])
+        v = daemon.version()
+        assert daemon.matcher().people == ["Kept", "Removed"]
+        junk = tmp_path / "junk.db"
+        junk.write_bytes(b"not a gallery\n" * 100)
+        snap = snapshot(cli)
+        for bad in (junk, tmp_path / "missing.db"):
+            with pytest.raises(GalleryError, match="nothing was changed"):
+                cli.restore(bad)
+        assert snapshot(cli) == snap
+        assert cli.restore(backup) == 1
+        assert daemon.version() != v
+        assert daemon.matcher().people == ["Kept"] and len(daemon.matcher()) == 2
+        assert str(daemon.person("Kept").schedule) == str(Schedule.parse("mon-fri", "08:00-18:00"))
+    assert backup.read_bytes() == before_backup, "the backup is only read"
 
 
 def test_corrupt_file_names_it(tmp_path):
