@@ -961,6 +961,9 @@ class MqttBridge:
                 if self._bucket.take():
                     log.info("MQTT: LOCK asked remotely (another lock shares the topics: its code is not checked)")
                     self._handler.lock("mqtt")
+                else:
+                    self._warn("rate", "MQTT: LOCK dropped: more than %d commands a minute",
+                               self.settings.commands_per_minute)
                 return
             if self._refuse("conflict", "MQTT: %s refused: %s", action, conflict):
                 self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="shared_topics",
