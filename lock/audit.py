@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from lock.config import AuditSettings
 from lock.events import DOOR_EVENTS, STATS, Event
+from lock.gallery import file_id
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +108,9 @@ class AuditLog:
             return False
         with self._lock:
             self._conn = conn
-            self._opened_id = self._file_id()
+            self._opened_id = file_id(self.path)
         self.rotate()
         return True
-
-    def _file_id(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
 
     def _follow_file(self) -> None:
         """The file at audit.path is gone or another one (deleted to start afresh, rotated away by hand):
@@ -173,7 +167,7 @@ class AuditLog:
                 conn.close()
                 return
             self._conn = conn
-            self._opened_id = self._file_id()
+            self._opened_id = file_id(self.path)
             if self._failing:
                 log.info("audit log %s: open again, recording events", self.path)
                 self._failing = False
@@ -193,7 +187,7 @@ class AuditLog:
         kept: it is not a door event, and a commit per sample would wear an SD card for nothing."""
         if event.kind == STATS:
             return
-        if self._conn is not None and self._file_id() != self._opened_id:
+        if self._conn is not None and file_id(self.path) != self._opened_id:
             self._follow_file()
         if self._conn is None:
             self._retry_open()

@@ -132,6 +132,16 @@ def check_name(name: str) -> str:
     return unicodedata.normalize("NFC", clean)
 
 
+def file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path`` now, None if there is none: SQLite keeps using the file it
+    opened whatever happens to the name, so the gallery and the audit log compare this with the one open."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _owned_like_its_folder(path: Path) -> None:
     """A gallery made by root (`sudo lock enroll`) in the service user's folder goes to that user.
 
@@ -198,7 +208,7 @@ class Gallery:
             raise GalleryError(f"{self.path}: made by a newer version of this program (schema {schema}); "
                                "upgrade it")
         self._db = db
-        self._opened_id = self._file_id()
+        self._opened_id = file_id(self.path)
         stale = self.stale_templates()
         if stale:
             log.warning("%s: %d templates were made by another model and are ignored; re-enroll %s",
@@ -279,13 +289,6 @@ class Gallery:
             return db, schema
         raise GalleryError(f"{self.path}: cannot open the gallery ({why}); nothing in it was changed") from None
 
-    def _file_id(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
     def _follow_file(self) -> None:
         """The file at gallery.path is no longer the one open (moved aside, deleted, a backup copied over it
         or renamed into place): open what is there now, so that people removed that way are not let in.
@@ -298,7 +301,7 @@ class Gallery:
             if self._stale_wal:
                 raise GalleryError(self._stale_wal)
             if self._lost_at is None:
-                if self._db is None or self._file_id() == self._opened_id:
+                if self._db is None or file_id(self.path) == self._opened_id:
                     return
                 log.warning("%s: the gallery file was replaced, moved or deleted since it was opened: "
                             "opening what is there now", self.path)
