@@ -237,7 +237,7 @@ def cmd_face_unlock(args: argparse.Namespace) -> int:
 
 def cmd_mqtt_test(args: argparse.Namespace) -> int:
     from lock.doctor import daemon_status, mqtt_secrets
-    from lock.mqtt import check
+    from lock.mqtt import check, install_id
     settings = _load(args)
     problems, warnings = mqtt_secrets(settings.mqtt)  # the code: the daemon reads it only at start
     for msg in problems:
@@ -248,7 +248,6 @@ def cmd_mqtt_test(args: argparse.Namespace) -> int:
     if status.get("mqtt_conflict"):
         problems.append(status["mqtt_conflict"])
         print(f"failed: the running lock says: {status['mqtt_conflict']}")
-    from lock.mqtt import install_id
     ok, why = check(settings.mqtt, install=install_id(settings.control.socket))
     print(("ok: " if ok else "failed: ") + why)
     return 0 if ok and not problems else 1

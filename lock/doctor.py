@@ -200,7 +200,7 @@ def doctor(config_path: str | None) -> int:
             bad("gallery", f"{settings.gallery.path}: {exc}")
 
     if settings.mqtt.enabled:
-        from lock.mqtt import check
+        from lock.mqtt import check, install_id
         failures, notes = mqtt_secrets(settings.mqtt)
         for msg in failures:
             bad("mqtt", msg)
@@ -208,7 +208,6 @@ def doctor(config_path: str | None) -> int:
             warn("mqtt", msg)
         if status.get("mqtt_conflict"):
             bad("mqtt", f"the running lock says: {status['mqtt_conflict']}")
-        from lock.mqtt import install_id
         good, why = check(settings.mqtt, install=install_id(settings.control.socket))
         (ok if good else bad)("mqtt", why)
     else:

@@ -77,7 +77,8 @@ def test_run_without_gpio_says_how_to_try_it_on_a_pc(tmp_path):
                             "print(type(Device._default_pin_factory()).__name__)"],
                            capture_output=True, text=True, timeout=60, env=env)
     if probe.returncode == 0:   # asked of gpiozero itself: a crash of `lock run` is never taken for this
-        pytest.skip(f"gpiozero loads a pin library on this machine ({probe.stdout.strip()})")
+        pytest.skip(f"gpiozero loads a pin library on this machine ({probe.stdout.strip()}): the hint for a "
+                    "machine without one cannot appear here")
     assert "Unable to load any default pin factory" in probe.stderr, probe.stderr
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(scenario.settings(tmp_path).model_dump()))
