@@ -1215,7 +1215,6 @@ def scenario_soak(work: Path, cast: Cast, *, minutes: float = 30.0, sample_secon
             raise RuntimeError("`lock run` did not become ready within 120 s")
         if proc.poll() is not None:
             raise RuntimeError(f"`lock run` exited with {proc.returncode}; see {work / 'daemon.log'}")
-        t0 = time.monotonic()
         rss_ready = proc_rss_kb(proc.pid)
         say(tag, f"`lock run` pid {proc.pid} ready; RSS {rss_ready / 1024:.1f} MB, {len(proc_fds(proc.pid))} fds; "
                  f"warm-up {warmup:.0f} s, then {duration / 60:g} min measured, sampled every {sample_seconds:g} s")

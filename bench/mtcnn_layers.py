@@ -17,6 +17,18 @@ at pyramid level 0 of a 640x480 frame at min face 80 (73x97), R-Net a batch
 of 16, O-Net a batch of 4 (about what a door frame has).  For conv and
 dense layers it also prints the MACs and the rate they run at, to set
 against the floor's large-convolution rate in bench/floor.py.
+
+``--bound`` asks instead how close to the floor any exact rewrite of these
+nets could get in this runtime. Per net it times, on the same shapes:
+the shipped graph; the same layers with every PReLU replaced by a ReLU fused
+into the convolution before it (free, but not the network: no exact form of
+PReLU can cost less); and that again with conv1 run on a space-to-depth input
+(2x2 pixel blocks as 12 channels, a 2x2 convolution with 4x the outputs,
+depth-to-space after it), the input rearranged *outside* the timed invoke.
+The floor is bench/floor.py's: the shipped graph's MACs (counted from the
+.tflite) over the int8 rate of the large reference convolution stack, timed
+in the same run. The bound graphs have random weights (int8 XNNPACK time
+does not depend on the values).
 """
 
 from __future__ import annotations
@@ -88,10 +100,88 @@ def layer_macs(layer, out_shape) -> int:
     return 0
 
 
+def bound_graph(net: str, s2d: bool):
+    """The net's layers with PReLU as a fused ReLU; conv1 on a space-to-depth input when ``s2d``."""
+    import keras
+    import tensorflow as tf
+    from keras import layers as L
+
+    def conv(x, k, f):
+        return L.Conv2D(f, k, activation="relu")(x)
+
+    class D2S(L.Layer):
+        def call(self, x):
+            return tf.nn.depth_to_space(x, 2)
+
+    class StaticFlatten(L.Layer):
+        def call(self, x):
+            return tf.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+
+    def first(inp, c, crop):
+        if not s2d:
+            return conv(inp, 3, c)
+        x = D2S()(conv(inp, 2, 4 * c))       # 2x2 conv on 2x2 blocks = the 3x3 conv on pixels
+        return L.Cropping2D(((0, 1), (0, 1)))(x) if crop else x
+
+    shape = SHAPES[net]
+    in_shape = ((shape[1] + 1) // 2, (shape[2] + 1) // 2, 12) if s2d else shape[1:]
+    inp = keras.Input(shape=in_shape, batch_size=1 if net == "pnet" else None)
+    if net == "pnet":   # 73x97 padded to 74x98: one conv1 row and column too many, cropped
+        x = L.MaxPooling2D(2, 2, padding="same")(first(inp, 10, crop=True))
+        x = conv(conv(x, 3, 16), 3, 32)
+        outs = [L.Softmax()(L.Conv2D(2, 1)(x)), L.Conv2D(4, 1)(x)]
+    elif net == "rnet":
+        x = L.MaxPooling2D(3, 2, padding="same")(first(inp, 28, crop=False))
+        x = conv(L.MaxPooling2D(3, 2)(conv(x, 3, 48)), 2, 64)
+        x = L.Dense(128, activation="relu")(StaticFlatten()(x))
+        outs = [L.Softmax()(L.Dense(2)(x)), L.Dense(4)(x)]
+    else:
+        x = L.MaxPooling2D(3, 2, padding="same")(first(inp, 32, crop=False))
+        x = L.MaxPooling2D(3, 2)(conv(x, 3, 64))
+        x = conv(L.MaxPooling2D(2, 2)(conv(x, 3, 64)), 2, 128)
+        x = L.Dense(256, activation="relu")(StaticFlatten()(x))
+        outs = [L.Softmax()(L.Dense(2)(x)), L.Dense(4)(x), L.Dense(10)(x)]
+    return keras.Model(inp, outs), (shape[0], *in_shape)
+
+
+def bound(nets, threads: int, sds, rng) -> None:
+    import tempfile
+
+    import build
+    import floorlib as floor
+
+    tmp = Path(tempfile.mkdtemp(prefix="lock-bound-"))
+    ref, how = floor.reference_model(sys.executable, tmp / "reference.tflite")
+    if ref is None:
+        raise SystemExit(f"the reference model was not built: {how}")
+    rate = floor.count_ops(ref)["macs"] / floor.time_invoke(ref, None, threads) / 1e6   # GMAC/s
+    print(f"\n== how close any exact rewrite could get: {threads} thread(s); reference "
+          f"{rate:.1f} GMAC/s (int8, 3x3 convolutions, LiteRT + XNNPACK)")
+    print(f"   {'net':5s} {'shape':17s} {'MMAC':>6s} {'floor ms':>9s}   {'shipped':>15s}   "
+          f"{'PReLU free':>15s}   {'+ conv1 s2d':>15s}")
+    for net in nets:
+        shape = SHAPES[net]
+        shipped = to_int8(build.build_mtcnn_keras(net, sds[net], input_offset=0.5 / 128, fast=True),
+                          shape, rng)
+        (tmp / "shipped.tflite").write_bytes(shipped)
+        macs = floor.count_ops(tmp / "shipped.tflite", shape)["macs"]
+        floor_ms = macs / rate / 1e6
+        cells = []
+        for blob, run_shape in [(shipped, shape)] + [
+                (to_int8(m, s, rng), s) for m, s in (bound_graph(net, False), bound_graph(net, True))]:
+            ms = invoke_ms(blob, run_shape, threads, rng)
+            cells.append(f"{ms:7.4f} {ms / floor_ms:5.2f}x")
+        print(f"   {net:5s} {str(shape):17s} {macs / 1e6:6.2f} {floor_ms:9.4f}   " + "   ".join(cells),
+              flush=True)
+    print("   (ms per invoke and x floor; 'PReLU free' and 's2d' are bounds, not the networks)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("nets", nargs="*", metavar="NET", help="pnet, rnet, onet (default: all three)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bound", action="store_true",
+                    help="time the PReLU-free and space-to-depth bounds against the floor instead")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get(
         "LOCK_MODELS_CACHE", Path.home() / ".cache" / "lock-models")))
     args = ap.parse_args()
@@ -104,6 +194,9 @@ def main() -> int:
 
     sds = build.load_mtcnn_state_dicts(args.cache)
     rng = np.random.default_rng(0)
+    if args.bound:
+        bound(args.nets, args.threads, sds, rng)
+        return 0
     for net in args.nets:
         shape = SHAPES[net]
         model = build.build_mtcnn_keras(net, sds[net], input_offset=0.5 / 128, fast=True)

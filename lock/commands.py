@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lock import config as config_mod
-from lock.errors import ControlError, DoorError, LockError
+from lock.errors import ControlError, DoorError
 
 log = logging.getLogger(__name__)
 

@@ -290,7 +290,6 @@ def test_a_retained_unlock_published_while_connected_is_not_obeyed_either(mqtt_b
 
 def test_a_huge_message_never_reaches_the_lock(mqtt_broker, mqtt_subscriber, make_bridge, caplog):
     """The lock's MQTT 5 Maximum Packet Size: the broker drops an 8 MB command instead of sending it."""
-    from lock.mqtt import MAX_PACKET_BYTES
     handler = RecordingHandler()
     bridge = make_bridge(mqtt_broker.settings(), handler)
     sub = mqtt_subscriber(mqtt_broker, "none")
