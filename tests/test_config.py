@@ -150,6 +150,30 @@ def test_a_file_cut_short_is_refused_not_filled_in_with_defaults(tmp_path):
             assert ("empty" in message) if cut == 0 else ("door.relay_active_high" in message)
 
 
+def test_the_installed_copy_must_be_told_the_relay_polarity(tmp_path):
+    """systemd/install.sh copied config.yaml as it is, with relay_active_high: true: on the common
+    low-level-trigger boards the running lock then held the door open. The installed copy leaves it blank."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "lock.config", "--install-copy", str(REPO_ROOT / "config.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(r.stdout)
+    for loader in (config.load, config.load_door):
+        with pytest.raises(config.ConfigError) as err:
+            loader(cfg)
+        assert str(cfg) in str(err.value) and "door.relay_active_high not set" in str(err.value)
+        assert "low (false, most boards)" in str(err.value)
+    line = next(x for x in r.stdout.splitlines() if "relay_active_high:" in x and not x.startswith("door"))
+    assert "REQUIRED" in line
+    cfg.write_text(r.stdout.replace(line, "  relay_active_high: false"))
+    s = config.load(cfg)
+    assert s.door.relay_active_high is False
+    assert s.model_copy(update={"door": s.door.model_copy(update={"relay_active_high": True})}) == config.Settings()
+    assert config.main(["--install-copy", str(tmp_path / "nope.yaml")]) == 1
+
+
 def test_mqtt_without_a_code_must_say_so():
     with pytest.raises(config.ConfigError) as err:
         config.parse({"mqtt": {"enabled": True}}, "t.yaml")

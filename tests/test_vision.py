@@ -279,6 +279,18 @@ def test_missing_truncated_or_altered_model_is_named(tmp_path):
         Runtime(tmp_path / "nowhere").open()
 
 
+def test_an_edge_tpu_model_not_in_the_manifest_is_not_used_and_says_so(tmp_path, caplog):
+    """Before, a facenet_edgetpu.tflite put in models/ by hand was skipped without a word."""
+    d = _copy_models(tmp_path)
+    (d / "facenet_edgetpu.tflite").write_bytes((d / "facenet.tflite").read_bytes())
+    rt = Runtime(d, threads=1, coral=True).open()
+    with caplog.at_level("WARNING", logger="lock.vision.runtime"):
+        rt.interpreter("facenet.tflite")
+    assert rt.info()["delegates"] == {"facenet.tflite": "cpu"}
+    assert any("facenet_edgetpu.tflite is not listed in" in r.getMessage() and "runs on the CPU" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
 def test_a_face_cut_off_by_the_edge_is_refused_whole_it_is_kept(pipe, photos):
     """Alignment fills the missing part with edge pixels: such a face must not vote or be enrolled."""
     frame = load_image(photos.singles[1])

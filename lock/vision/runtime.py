@@ -185,15 +185,20 @@ class Runtime:
 
         ``threads`` overrides the runtime's thread count for this interpreter
         (tiny inputs run faster on one thread than split over two).
-        With Coral on and ``<stem>_edgetpu.tflite`` present (and the shape the
-        fixed one it was compiled for), the Edge TPU runs it.
+        With Coral on and ``<stem>_edgetpu.tflite`` present and listed in the
+        manifest, the Edge TPU runs it; only for a model opened at its own fixed
+        shape (no ``input_shape``): FaceNet. P/R/O-Net stay on the CPU.
         """
         if self._Interpreter is None:
             raise ModelError("Runtime.open() was not called")
         path = self.model_path(filename)
         if self.coral and input_shape is None:
             tpu_name = path.stem + "_edgetpu.tflite"
-            if (self.models_dir / tpu_name).is_file() and tpu_name in self._files:
+            if (self.models_dir / tpu_name).is_file() and tpu_name not in self._files:
+                log.warning("Coral: %s is not listed in %s, so it is not used (a file put there by hand "
+                            "cannot be checked); %s runs on the CPU (models/README.md, Coral Edge TPU)",
+                            self.models_dir / tpu_name, self.models_dir / self.manifest_name, filename)
+            elif (self.models_dir / tpu_name).is_file():
                 delegate = self._edgetpu_delegate(tpu_name)
                 if delegate is not None:
                     try:
