@@ -18,8 +18,9 @@ of 16, O-Net a batch of 4 (about what a door frame has).  For conv and
 dense layers it also prints the MACs and the rate they run at, to set
 against the floor's large-convolution rate in bench/floor.py.
 
-``--bound`` asks instead how close to the floor any exact rewrite of these
-nets could get in this runtime. Per net it times, on the same shapes:
+``--bound`` asks instead how close to the floor these nets could get in this
+runtime if their PReLUs cost nothing (no exact form of PReLU can cost less),
+and with one other conv1 layout too. Per net it times, on the same shapes:
 the shipped graph; the same layers with every PReLU replaced by a ReLU fused
 into the convolution before it (free, but not the network: no exact form of
 PReLU can cost less); and that again with conv1 run on a space-to-depth input
@@ -155,7 +156,7 @@ def bound(nets, threads: int, sds, rng) -> None:
     if ref is None:
         raise SystemExit(f"the reference model was not built: {how}")
     rate = floor.count_ops(ref)["macs"] / floor.time_invoke(ref, None, threads) / 1e6   # GMAC/s
-    print(f"\n== how close any exact rewrite could get: {threads} thread(s); reference "
+    print(f"\n== how close the nets could get with PReLU free: {threads} thread(s); reference "
           f"{rate:.1f} GMAC/s (int8, 3x3 convolutions, LiteRT + XNNPACK)")
     print(f"   {'net':5s} {'shape':17s} {'MMAC':>6s} {'floor ms':>9s}   {'shipped':>15s}   "
           f"{'PReLU free':>15s}   {'+ conv1 s2d':>15s}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -361,43 +359,11 @@ def _require_explicit(p: Path, data: object, blank_only: bool = False) -> None:
         return  # parse() names the problem
     missing = [".".join(k) for k in REQUIRED_KEYS
                if (not blank_only and (not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]))
-               or (isinstance(data.get(k[0]), dict) and k[1] in data[k[0]] and data[k[0]][k[1]] is None)]
+               or (isinstance(data.get(k[0]), dict) and k[1] in data[k[0]] and data[k[0]][k[1]] in (None, ""))]
     if missing:
         raise ConfigError(f"{p}: {', '.join(missing)} not set: the file must say which pin drives the relay and "
                           "whether the relay board switches on a high (true) or low (false, most boards) level; "
                           "a file without them may have been cut short, and a wrong guess holds the door open")
-
-
-POLARITY_LINE = re.compile(r"^(\s+relay_active_high:)[^#\n]*(#.*)?$", re.M)
-
-
-def install_copy(text: str) -> str:
-    """config.yaml as systemd/install.sh installs it: the relay's polarity left blank.
-
-    The project's config.yaml says ``relay_active_high: true`` (every setting
-    has its default there), but the common low-level-trigger boards need false,
-    and a copy installed as it is would hold their door open. Blank, the lock
-    and ``lock doctor`` refuse the file, naming the key, until it is set.
-    """
-    out, n = POLARITY_LINE.subn(r"\1                # REQUIRED: true if your relay board switches on a high "
-                                r"level, false if on a low level (most boards)", text)
-    if n != 1:
-        raise ConfigError(f"config.yaml: expected one door.relay_active_high line, found {n}")
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lock.config --install-copy SRC``: print SRC as it is installed (see install_copy)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "--install-copy":
-        print("usage: python -m lock.config --install-copy CONFIG", file=sys.stderr)
-        return 2
-    try:
-        sys.stdout.write(install_copy(Path(args[1]).read_text()))
-    except (OSError, ConfigError) as exc:
-        print(f"{args[1]}: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def load(path: str | os.PathLike | None = None) -> Settings:
@@ -418,6 +384,8 @@ def load_door(path: str | os.PathLike | None = None) -> DoorSettings:
     in another section must not stop it from turning the relay off.
     """
     p, data = _read(path)
+    if data is not None and not isinstance(data, dict):   # not the defaults: they may be the wrong polarity
+        raise ConfigError(f"{p}: not a configuration file (expected keys such as door: at the top level)")
     door = data.get("door") if isinstance(data, dict) else None
     _require_explicit(p, data, blank_only=True)
     try:
@@ -450,6 +418,3 @@ def _paths_from(data: dict, base: Path) -> None:
 def models_dir(settings: Settings) -> Path:
     return Path(settings.vision.models_dir) if settings.vision.models_dir else REPO_ROOT / "models"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,15 +8,14 @@ id lock >/dev/null 2>&1 || useradd --system --gid lock --home-dir /var/lib/lock 
 install -d -o lock -g lock -m 0750 /var/lib/lock
 for g in gpio video; do getent group "$g" >/dev/null && usermod -aG "$g" lock || true; done
 install -d -m 0755 /etc/lock
-# the installed copy leaves door.relay_active_high blank: the lock refuses to start until it is set
-# (the common low-level-trigger boards need false; a copied `true` would hold their door open)
-if [ ! -f /etc/lock/config.yaml ]; then
-    "$PREFIX/.venv/bin/python" -m lock.config --install-copy "$PREFIX/config.yaml" > /etc/lock/config.yaml.new
-    chgrp lock /etc/lock/config.yaml.new && chmod 0640 /etc/lock/config.yaml.new
-    mv /etc/lock/config.yaml.new /etc/lock/config.yaml
-fi
+# config.yaml leaves door.relay_active_high blank: the lock refuses to start until it is set
+[ -f /etc/lock/config.yaml ] || install -m 0640 -g lock "$PREFIX/config.yaml" /etc/lock/config.yaml
 # `lock ...` for the commands in the README
-ln -sfn "$PREFIX/.venv/bin/lock" /usr/local/bin/lock
+if [ -L /usr/local/bin/lock ] || [ ! -e /usr/local/bin/lock ]; then
+    ln -sfn "$PREFIX/.venv/bin/lock" /usr/local/bin/lock
+else
+    echo "note: /usr/local/bin/lock exists and is not a link: left alone (the commands are in $PREFIX/.venv/bin)" >&2
+fi
 sed "s#@PREFIX@#$PREFIX#g" "$PREFIX/systemd/lock.service" > /etc/systemd/system/lock.service
 systemctl daemon-reload
 echo "installed: edit /etc/lock/config.yaml (door.relay_active_high must be set), then: systemctl enable --now lock"

@@ -144,3 +144,44 @@ def test_doctor_says_when_the_running_daemon_lets_no_face_in(tmp_path):
         d.set_face_unlock(False)
         out = doctor(cfg, env).stdout
         assert "[WARN] state" in out and "face unlock is OFF" in out and "lock face-unlock on" in out, out
+
+
+def test_doctor_checks_the_coral_facenet_file_against_the_manifest(tmp_path, monkeypatch, capsys):
+    """The Coral check counted any *_edgetpu.tflite, though the lock uses only FaceNet's and only when the
+    manifest lists it (libedgetpu itself is not on this machine: its lookup is stood in for)."""
+    import ctypes.util
+    import json
+    import shutil
+    from lock.config import REPO_ROOT
+    from lock.doctor import doctor as run_doctor
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libedgetpu.so.1" if name == "edgetpu" else None)
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+
+    def coral_line(label, prepare):
+        models = tmp_path / label
+        shutil.copytree(REPO_ROOT / "models", models, ignore=shutil.ignore_patterns("float", "*.py", "*.md"))
+        prepare(models)
+        s = scenario.settings(tmp_path / (label + "-state"), frames, vision={"models_dir": str(models), "coral": True})
+        cfg = tmp_path / f"{label}.yaml"
+        cfg.write_text(yaml.safe_dump(s.model_dump()))
+        run_doctor(str(cfg))
+        return next(x for x in capsys.readouterr().out.splitlines() if "] coral" in x)
+
+    def other_model(models):
+        shutil.copy(models / "pnet.tflite", models / "pnet_edgetpu.tflite")
+
+    def unlisted(models):
+        shutil.copy(models / "facenet.tflite", models / "facenet_edgetpu.tflite")
+
+    def listed(models):
+        unlisted(models)
+        manifest = json.loads((models / "manifest.json").read_text())
+        manifest["models"]["facenet_edgetpu"] = {**manifest["models"]["facenet"], "file": "facenet_edgetpu.tflite"}
+        (models / "manifest.json").write_text(json.dumps(manifest))
+
+    assert coral_line("other", other_model).startswith("[FAIL] coral: no ")
+    line = coral_line("unlisted", unlisted)
+    assert line.startswith("[FAIL] coral:") and "not listed in" in line and "the CPU is" in line
+    assert coral_line("listed", listed) == ("[ ok ] coral: libedgetpu.so.1, facenet_edgetpu.tflite "
+                                           "(FaceNet; P/R/O-Net run on the CPU)")
