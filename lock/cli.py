@@ -24,16 +24,17 @@ log = logging.getLogger("lock")
 
 # --- helpers ----------------------------------------------------------------
 
-def _settings(args: argparse.Namespace, required: bool = False) -> config_mod.Settings:
-    """The config given with --config, else the default paths, else (if allowed) defaults."""
-    if args.config is None and not required:
+def _settings(args: argparse.Namespace) -> config_mod.Settings:
+    """For verify, embed and bench (no relay): the config given with --config, else the default
+    paths, else defaults."""
+    if args.config is None:
         try:
-            return config_mod.load(None)
+            return config_mod.load(None, door=False)
         except ConfigError as exc:
             if "no configuration file" in str(exc):
                 return config_mod.Settings()
             raise
-    return config_mod.load(args.config)
+    return config_mod.load(args.config, door=False)
 
 
 def _pipeline(settings: config_mod.Settings, frame_size=None):

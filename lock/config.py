@@ -366,14 +366,24 @@ def _require_explicit(p: Path, data: object, blank_only: bool = False) -> None:
                           "a file without them may have been cut short, and a wrong guess holds the door open")
 
 
-def load(path: str | os.PathLike | None = None) -> Settings:
-    """Read and validate a config file; errors name the file and the key path."""
+def load(path: str | os.PathLike | None = None, *, door: bool = True) -> Settings:
+    """Read and validate a config file; errors name the file and the key path.
+
+    ``door=False``: for commands that never touch the relay (verify, embed,
+    bench), the relay's pin and polarity need not be stated.
+    """
     p, data = _read(path)
     if isinstance(data, dict):
         _paths_from(data, p.resolve().parent)
-    _require_explicit(p, data, blank_only=True)
+    if door:
+        _require_explicit(p, data, blank_only=True)
+    elif isinstance(data, dict) and isinstance(data.get("door"), dict):
+        # a blank pin or polarity would fail validation: the defaults stand in, never used for a relay
+        blank = {key for section, key in REQUIRED_KEYS if section == "door" and data["door"].get(key) in (None, "")}
+        data["door"] = {k: v for k, v in data["door"].items() if k not in blank}
     settings = parse(data, str(p))
-    _require_explicit(p, data)
+    if door:
+        _require_explicit(p, data)
     return settings
 
 
