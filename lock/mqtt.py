@@ -401,7 +401,15 @@ class _CodeLockout:
         self._clock = clock
         self._failures = 0
         self._until: float | None = None   # clock time the lockout in force ends
+        self._reported: float | None = None   # the _until whose first refused command had its event
         self._next_seconds = CODE_LOCKOUT_SECONDS
+
+    def first_refusal(self) -> bool:
+        """True once per lockout: for the first command it refuses (that one gets an event)."""
+        if self._until is None or self._reported == self._until:
+            return False
+        self._reported = self._until
+        return True
 
     def remaining(self) -> float:
         """Seconds left of the lockout in force; 0 if none."""
@@ -973,6 +981,9 @@ class MqttBridge:
         if left > 0:   # the code is not even looked at: guessing during a lockout tells nothing
             self._refuse("lockout", "MQTT: %s refused: remote lock commands are locked out after wrong codes "
                          "(%.0f s left)", action, left)
+            if self._lockout.first_refusal():   # one event a lockout: that someone kept trying, not a flood
+                self._bus.publish(Event.now(events.DENIED, clock=self._clock, reason="locked_out", source="mqtt",
+                                            action=action.lower(), seconds_left=round(left)))
             return
         if not self._code_ok(code):
             # Counted before any budget: junk that empties the refused budget must not hide guesses.

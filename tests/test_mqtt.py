@@ -365,6 +365,10 @@ def test_wrong_codes_lock_remote_commands_out_for_a_doubling_time(coded, bus_eve
     assert all(e.detail["source"] == "mqtt" for e in lockout_events)
     bad_code = [e for e in seen if e.kind == events.DENIED and e.detail["reason"] == "bad_code"]
     assert len(bad_code) == 5 * len(expected), "commands refused during a lockout are not code checks"
+    # each lockout's first refused command is in the audit log, once: someone kept trying, not a flood
+    locked_out = [e for e in seen if e.kind == events.DENIED and e.detail["reason"] == "locked_out"]
+    assert [(e.detail["action"], e.detail["source"]) for e in locked_out] == [("lock", "mqtt")] * len(expected)
+    assert [e.detail["seconds_left"] for e in locked_out] == expected
     send(ha, bridge, [RIGHT])                # the last lockout is over
     assert handler.calls == [("lock", "mqtt")]
 
