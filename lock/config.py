@@ -206,7 +206,7 @@ class MQTTSettings(Section):
 
     commands_per_minute: int = Field(10, ge=1)
     keepalive: int = Field(30, ge=5)
-    retry_max_seconds: int = Field(60, ge=1, description="longest wait between reconnect tries (doubles from 1 s)")
+    retry_max_seconds: int = Field(15, ge=1, description="longest wait between reconnect tries (doubles from 1 s)")
     refused_retry_seconds: int = Field(300, ge=5, description="wait before trying again after the broker refused us "
                                        "(bad credentials, not authorised, TLS failure)")
 
