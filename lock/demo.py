@@ -46,7 +46,7 @@ def _recording(photos: Path, out: Path, size: tuple[int, int]) -> tuple[str, str
 
 
 def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.0) -> int:
-    base = config_mod.load(config_path) if config_path else config_mod.Settings()
+    base = config_mod.load(config_path, door=False) if config_path else config_mod.Settings()   # a mock relay only
     root = Path(photos) if photos else default_photos()
     work = Path(tempfile.mkdtemp(prefix="lock-demo-"))
     try:

@@ -11,10 +11,11 @@ install -d -m 0755 /etc/lock
 # config.yaml leaves door.relay_active_high blank: the lock refuses to start until it is set
 [ -f /etc/lock/config.yaml ] || install -m 0640 -g lock "$PREFIX/config.yaml" /etc/lock/config.yaml
 # `lock ...` for the commands in the README
-if [ -L /usr/local/bin/lock ] || [ ! -e /usr/local/bin/lock ]; then
+case "$(readlink /usr/local/bin/lock 2>/dev/null || true)" in */.venv/bin/lock) ours=yes ;; *) ours=no ;; esac
+if [ "$ours" = yes ] || { [ ! -e /usr/local/bin/lock ] && [ ! -L /usr/local/bin/lock ]; }; then
     ln -sfn "$PREFIX/.venv/bin/lock" /usr/local/bin/lock
 else
-    echo "note: /usr/local/bin/lock exists and is not a link: left alone (the commands are in $PREFIX/.venv/bin)" >&2
+    echo "note: /usr/local/bin/lock is something else: left alone (the commands are in $PREFIX/.venv/bin)" >&2
 fi
 sed "s#@PREFIX@#$PREFIX#g" "$PREFIX/systemd/lock.service" > /etc/systemd/system/lock.service
 systemctl daemon-reload
