@@ -350,6 +350,12 @@ def _read(path: str | os.PathLike | None) -> tuple[Path, object]:
 REQUIRED_KEYS = (("door", "relay_pin"), ("door", "relay_active_high"))
 
 
+def _blank_required(data: dict) -> list[tuple[str, str]]:
+    """The REQUIRED_KEYS the file has but left blank (empty, ~, null, "")."""
+    return [(section, key) for section, key in REQUIRED_KEYS
+            if isinstance(data.get(section), dict) and key in data[section] and data[section][key] in (None, "")]
+
+
 def _require_explicit(p: Path, data: object, blank_only: bool = False) -> None:
     """Refuse a file without the REQUIRED_KEYS; ``blank_only``: only keys present and left blank
     (checked before the rest, so that a blank gets this message rather than "not a valid boolean")."""
@@ -357,9 +363,9 @@ def _require_explicit(p: Path, data: object, blank_only: bool = False) -> None:
         raise ConfigError(f"{p}: the configuration file is empty (copy config.yaml from the project and edit it)")
     if not isinstance(data, dict):
         return  # parse() names the problem
+    blank = _blank_required(data)
     missing = [".".join(k) for k in REQUIRED_KEYS
-               if (not blank_only and (not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]))
-               or (isinstance(data.get(k[0]), dict) and k[1] in data[k[0]] and data[k[0]][k[1]] in (None, ""))]
+               if k in blank or (not blank_only and (not isinstance(data.get(k[0]), dict) or k[1] not in data[k[0]]))]
     if missing:
         raise ConfigError(f"{p}: {', '.join(missing)} not set: the file must say which pin drives the relay and "
                           "whether the relay board switches on a high (true) or low (false, most boards) level; "
@@ -377,10 +383,10 @@ def load(path: str | os.PathLike | None = None, *, door: bool = True) -> Setting
         _paths_from(data, p.resolve().parent)
     if door:
         _require_explicit(p, data, blank_only=True)
-    elif isinstance(data, dict) and isinstance(data.get("door"), dict):
+    elif isinstance(data, dict):
         # a blank pin or polarity would fail validation: the defaults stand in, never used for a relay
-        blank = {key for section, key in REQUIRED_KEYS if section == "door" and data["door"].get(key) in (None, "")}
-        data["door"] = {k: v for k, v in data["door"].items() if k not in blank}
+        for section, key in _blank_required(data):
+            del data[section][key]
     settings = parse(data, str(p))
     if door:
         _require_explicit(p, data)
@@ -427,4 +433,3 @@ def _paths_from(data: dict, base: Path) -> None:
 
 def models_dir(settings: Settings) -> Path:
     return Path(settings.vision.models_dir) if settings.vision.models_dir else REPO_ROOT / "models"
-
