@@ -95,6 +95,23 @@ def _face_unlock_notes(settings, status: dict) -> list[str]:
     return notes
 
 
+def _clock(settings, scheduled: list[str], ok, warn) -> None:
+    """Whether the schedules of ``scheduled`` (names) can be kept: see lock.schedule.TIME_SYNC_FILE."""
+    from lock.schedule import TIME_SYNC_FILE, clock_synchronized
+    if not scheduled:
+        ok("clock", "nobody has a schedule")
+    elif not settings.decide.schedules_need_time_sync:
+        ok("clock", f"schedules ({', '.join(scheduled)}) are read against the clock as it is "
+                    "(decide.schedules_need_time_sync is off)")
+    elif clock_synchronized():
+        ok("clock", "set from a time server since boot (systemd-timesyncd): schedules are kept")
+    else:
+        warn("clock", f"not set from a time server since boot (no {TIME_SYNC_FILE}): {', '.join(scheduled)} "
+                      "(who have a schedule) are refused until it is. Check the network and "
+                      "`timedatectl timesync-status`; with a clock battery and no network, set "
+                      "decide.schedules_need_time_sync: false")
+
+
 def doctor(config_path: str | None) -> int:
     problems = 0
     cautions = 0  # not "warnings": the module of that name is imported below
@@ -182,6 +199,7 @@ def doctor(config_path: str | None) -> int:
         except Exception as exc:
             bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: sudo apt install python3-lgpio; user in group gpio; not a Pi: GPIOZERO_PIN_FACTORY=mock)")
 
+    scheduled: list[str] = []
     if model_hash and not Path(settings.gallery.path).exists():  # a check creates nothing
         warn("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled, no face opens the door "
                         "(lock enroll NAME PHOTOS...)")
@@ -202,8 +220,10 @@ def doctor(config_path: str | None) -> int:
                                 "(lock enroll NAME PHOTOS...)")
             else:
                 ok("gallery", f"{settings.gallery.path}: {len(people)} people")
+            scheduled = [p.name for p in people if p.schedule is not None]
         except Exception as exc:
             bad("gallery", f"{settings.gallery.path}: {exc}")
+    _clock(settings, scheduled, ok, warn)
 
     if settings.mqtt.enabled:
         from lock.mqtt import check, install_id

@@ -6,11 +6,25 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
+# systemd-timesyncd, the time client of Raspberry Pi OS and Debian, touches this file each time it has set
+# the clock from a time server (systemd-timesyncd.service(8), FILES); /run is emptied at every boot.  So
+# the file is there exactly when the clock has come from a time server since this boot, and not merely
+# from the time saved at the last shutdown (/var/lib/systemd/timesync/clock), which is what a Pi without
+# a clock battery starts with after a power cut.  adjtimex(2), which `timedatectl` reads, is not used:
+# the unit's ProtectClock=yes forbids that call.
+TIME_SYNC_FILE = "/run/systemd/timesync/synchronized"
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MIDNIGHT = dt.time.max  # "24:00": the end of the day
+
+
+def clock_synchronized(path: str | os.PathLike | None = None) -> bool:
+    """True once the system clock has been set from a time server since boot (see TIME_SYNC_FILE)."""
+    return os.path.exists(TIME_SYNC_FILE if path is None else path)
 
 
 @dataclasses.dataclass(frozen=True)

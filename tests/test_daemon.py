@@ -773,3 +773,39 @@ def test_the_claim_never_writes_through_a_planted_link(tmp_path):
     with pytest.raises(ControlError, match="symbolic link"):
         ControlServer(str(sock), lambda req, say: {"ok": True}).claim()
     assert victim.read_text() == "important content\n"
+
+
+def test_a_scheduled_person_waits_for_the_time_server_and_others_do_not(tmp_path, pipe, people, monkeypatch):
+    """The daemon's decider reads systemd-timesyncd's file (lock.schedule.TIME_SYNC_FILE, a real file in
+    tmp_path here): without it a person with a schedule is refused inside their hours, with a reason."""
+    from lock import schedule
+    synced = tmp_path / "synchronized"
+    monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
+    a, b = people["a"], people["b"]
+    always = schedule.Schedule.parse("mon-sun", "00:00-24:00")
+
+    def walk_up(label, who):
+        frames = scenario.write_frames(tmp_path / label, scenario.empty(5) + scenario.walk(people["val"][who][0], 15)
+                                       + scenario.empty(5))
+        s = scenario.settings(tmp_path, frames)
+        factory = MockFactory()
+        d = Daemon(s, pin_factory=factory)
+        with Running(d) as run:
+            run.wait()
+            assert scenario.wait_until(lambda: d.door.state == "LOCKED", 5)
+        return run, active_spans(relay_history(factory))
+
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    enroll(pipe, s, b, people["train"][b][:6])
+    with Gallery(s.gallery.path, pipe.model_hash) as g:
+        g.set_schedule(a, always)
+    run, spans = walk_up("a-unsynced", a)
+    denied = run.kinds(ev.DENIED)
+    assert [(e.person, e.detail.get("reason")) for e in denied] == [(a, "clock_not_synchronized")]
+    assert not run.kinds(ev.RECOGNIZED) and spans == []
+    run, spans = walk_up("b-unsynced", b)        # no schedule: not affected
+    assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [b] and len(spans) == 1
+    synced.touch()
+    run, spans = walk_up("a-synced", a)
+    assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a] and len(spans) == 1

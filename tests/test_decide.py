@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import numpy as np
 import pytest
 
 from lock.config import DecideSettings, MatchSettings
 from lock.decide import Decider, Match, iou
-from lock.schedule import Schedule
+from lock.schedule import TIME_SYNC_FILE, Schedule, clock_synchronized
 
 BOX = np.array([[100, 100, 200, 220]], dtype=np.float32)
 FAR_BOX = np.array([[400, 100, 500, 220]], dtype=np.float32)
@@ -27,10 +28,11 @@ def settings(**kw) -> DecideSettings:
     return DecideSettings(**base)
 
 
-def make(schedules=lambda name: None, local_time=lambda: dt.datetime(2024, 5, 6, 12, 0), **kw) -> Decider:
+def make(schedules=lambda name: None, local_time=lambda: dt.datetime(2024, 5, 6, 12, 0),
+         time_synced=lambda: True, **kw) -> Decider:
     # The default clock raises, so a test that forgets to pass `now` fails.
     return Decider(settings(**kw), MATCH, schedules=schedules, clock=lambda: pytest.fail("clock used"),
-                   wall=lambda: 1_700_000_000.0, local_time=local_time)
+                   wall=lambda: 1_700_000_000.0, local_time=local_time, time_synced=time_synced)
 
 
 def feed(d: Decider, matches, *, start=0.0, step=0.1, box=BOX):
@@ -273,6 +275,45 @@ def test_schedules(schedule, when, expected):
         assert events[0].detail["reason"] == "schedule"
     _, events = feed(d, [VISITOR, VISITOR], start=10.0, box=FAR_BOX)  # visitor has no schedule
     assert kinds(events) == ["recognized"]
+
+
+def test_a_schedule_is_not_read_against_a_clock_no_time_server_has_set(tmp_path):
+    """After a power cut a Pi without a clock battery runs on the time saved at shutdown: a schedule read
+    against it could let its person in at any hour.  Until the clock has been set from a time server
+    (systemd-timesyncd's file, here a real one in tmp_path), a person with a schedule is refused, inside
+    their hours too; a person without one is not affected."""
+    synced = tmp_path / "synchronized"
+    d = make(schedules=lambda name: WEEKDAYS if name == "resident" else None, local_time=lambda: MONDAY_NOON,
+             time_synced=lambda: clock_synchronized(synced))
+    _, events = feed(d, [RESIDENT, RESIDENT])
+    assert kinds(events) == ["denied"] and events[0].detail["reason"] == "clock_not_synchronized"
+    _, events = feed(d, [VISITOR, VISITOR], start=10.0, box=FAR_BOX)
+    assert kinds(events) == ["recognized"]
+    synced.touch()                 # the time server answered
+    _, events = feed(d, [RESIDENT, RESIDENT], start=20.0, box=FAR_BOX)
+    assert kinds(events) == ["recognized"]
+    synced.unlink()                # outside their hours the schedule still decides (reason "schedule")
+    d = make(schedules=lambda name: WEEKDAYS, local_time=lambda: dt.datetime(2024, 5, 5, 12, 0),
+             time_synced=lambda: clock_synchronized(synced), schedules_need_time_sync=False)
+    _, events = feed(d, [RESIDENT, RESIDENT])
+    assert kinds(events) == ["denied"] and events[0].detail["reason"] == "schedule"
+
+
+def test_the_owner_may_trust_the_clock_as_it_is():
+    """decide.schedules_need_time_sync: false (a clock battery and no network): the schedule alone decides."""
+    d = make(schedules=lambda name: WEEKDAYS, local_time=lambda: MONDAY_NOON, time_synced=lambda: False,
+             schedules_need_time_sync=False)
+    _, events = feed(d, [RESIDENT, RESIDENT])
+    assert kinds(events) == ["recognized"]
+
+
+def test_the_decider_reads_timesyncd_by_default():
+    """Made without time_synced (as the daemon makes it), the Decider asks the real clock_synchronized()."""
+    d = Decider(settings(), MATCH, schedules=lambda name: WEEKDAYS, clock=lambda: pytest.fail("clock used"),
+                wall=lambda: 1_700_000_000.0, local_time=lambda: MONDAY_NOON)
+    _, events = feed(d, [RESIDENT, RESIDENT])
+    expected = ["recognized"] if os.path.exists(TIME_SYNC_FILE) else ["denied"]
+    assert kinds(events) == expected
 
 
 def test_denied_track_is_decided_and_does_not_count_as_unknown():

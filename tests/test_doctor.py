@@ -185,3 +185,43 @@ def test_doctor_checks_the_coral_facenet_file_against_the_manifest(tmp_path, mon
     assert line.startswith("[FAIL] coral:") and "not listed in" in line and "the CPU is" in line
     assert coral_line("listed", listed) == ("[ ok ] coral: libedgetpu.so.1, facenet_edgetpu.tflite "
                                            "(FaceNet; P/R/O-Net run on the CPU)")
+
+
+def test_doctor_warns_when_schedules_cannot_be_kept_for_want_of_a_time_server(tmp_path, monkeypatch, capsys):
+    """A person with a schedule is refused until the clock comes from a time server (lock.decide); doctor
+    says so, naming them.  systemd-timesyncd's file is a real file here, in tmp_path."""
+    import numpy as np
+    from lock import schedule
+    from lock.config import models_dir
+    from lock.doctor import doctor as run_doctor
+    from lock.gallery import Gallery
+    from lock.vision.runtime import Runtime
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    synced = tmp_path / "synchronized"
+    monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
+
+    def clock_line(**decide):
+        s = scenario.settings(tmp_path, frames, decide=decide)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(yaml.safe_dump(s.model_dump()))
+        run_doctor(str(cfg))
+        return s, next(x for x in capsys.readouterr().out.splitlines() if "] clock" in x)
+
+    s, line = clock_line()
+    assert line == "[ ok ] clock: nobody has a schedule"
+    rt = Runtime(models_dir(s)).open()
+    with Gallery(s.gallery.path, rt.model_hash("facenet.tflite")) as g:
+        e = np.zeros(128, np.float32)
+        e[0] = 1.0
+        g.enroll("cleaner", [e], [1.0])
+        g.enroll("resident", [np.roll(e, 1)], [1.0])
+        g.set_schedule("cleaner", schedule.Schedule.parse("mon-fri", "09:00-12:00"))
+    _, line = clock_line()
+    assert line.startswith("[WARN] clock: not set from a time server since boot") and "cleaner" in line
+    assert "resident" not in line and "decide.schedules_need_time_sync" in line
+    synced.touch()
+    assert clock_line()[1] == "[ ok ] clock: set from a time server since boot (systemd-timesyncd): schedules are kept"
+    synced.unlink()
+    _, line = clock_line(schedules_need_time_sync=False)
+    assert line.startswith("[ ok ] clock: schedules (cleaner) are read against the clock as it is")

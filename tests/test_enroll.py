@@ -300,3 +300,30 @@ def test_faces_restore_on_the_command_line(tmp_path):
     assert r.returncode == 1 and str(junk) in r.stderr and "nothing was changed" in r.stderr
     assert "Traceback" not in r.stderr
     assert "a resident" in lock("faces", "list").stdout
+
+
+def test_faces_schedule_says_when_the_person_will_be_refused_for_want_of_a_time_server(tmp_path, pipe,
+                                                                                       monkeypatch, capsys):
+    """`lock faces schedule` sets the schedule and, while no time server has set the clock since boot
+    (systemd-timesyncd's file, a real one in tmp_path here), says the person is refused until one has."""
+    from lock import schedule
+    from lock.cli import main
+    synced = tmp_path / "synchronized"
+    monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
+    s = scenario.settings(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump()))
+    with Gallery(s.gallery.path, pipe.model_hash) as g:
+        e = np.zeros(128, np.float32)
+        e[0] = 1.0
+        g.enroll("cleaner", [e], [1.0])
+    assert main(["--config", str(cfg), "faces", "schedule", "cleaner", "mon-fri", "09:00-12:00"]) == 0
+    out = capsys.readouterr().out
+    assert "cleaner: allowed mon,tue,wed,thu,fri 09:00-12:00" in out
+    assert "note: no time server has set this clock since boot" in out and "cleaner is refused until" in out
+    synced.touch()
+    assert main(["--config", str(cfg), "faces", "schedule", "cleaner", "mon-fri", "09:00-13:00"]) == 0
+    out = capsys.readouterr().out
+    assert "cleaner: allowed mon,tue,wed,thu,fri 09:00-13:00" in out and "note:" not in out
+    with Gallery(s.gallery.path, pipe.model_hash) as g:
+        assert str(g.schedule("cleaner")) == "mon,tue,wed,thu,fri 09:00-13:00"
