@@ -27,6 +27,7 @@ import numpy as np
 
 from lock import config as config_mod
 from lock import events as ev
+from lock.decide import OVERSHADOW_AREA_RATIO
 from lock.errors import ControlError, DoorError, EnrollmentError, LockError
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,6 @@ def turn_on_hint(settings: config_mod.Settings) -> str:
     return "`lock face-unlock on` (at the device)"
 
 
-# A face is behind another when the other's box has at least this much more area (about 1.22x
-# the side): a stranger at the door and a face further back differ by far more (2x-6x in area),
-# while two people side by side at the door, the largest changing from frame to frame, do not:
-# each of them votes in the frames where it is the largest, and neither blocks the other.
-OVERSHADOW_AREA_RATIO = 1.5
 # Camera health, for the log, `lock status` and Home Assistant's "Camera problem" sensor (the door stays
 # locked either way; under systemd a camera that sends nothing also stops the watchdog kicks): no new
 # frame for CAMERA_QUIET_SECONDS, or a picture without detail for as long (the change gate's 32x24 grey
@@ -170,6 +166,10 @@ class Daemon:
         self._in_front: dict[int, tuple[float, float]] = {}  # door face's track id -> (last seen, box area)
         self._enroll_lock = threading.Lock()
         self._enrolling = False   # an enrollment from the camera is running: no face is decided meanwhile
+        # Held while the face unlock setting changes and while a face decision unlocks the door: once
+        # set_face_unlock(False) or an enrollment has begun, no face opens the door, not even the one in a
+        # frame that was already being matched.
+        self._deciding_lock = threading.Lock()
         self._state_lock = threading.Lock()  # state.json: one writer at a time
         self._warned_dir_sync = False
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
@@ -338,7 +338,8 @@ class Daemon:
         self.door.lock()
 
     def set_face_unlock(self, enabled: bool) -> None:
-        self._face_unlock = bool(enabled)
+        with self._deciding_lock:
+            self._face_unlock = bool(enabled)
         self._save_state()
         log.info("face unlock %s", "enabled" if enabled else "disabled")
         self.bus.publish(ev.Event.now(ev.FACE_UNLOCK, enabled=self._face_unlock))
@@ -395,7 +396,8 @@ class Daemon:
         # The person enrolling stands at the door, a stranger to the gallery until the end: deciding on
         # their face raised `unknown` events (a photo of them with mqtt.unknown_image) and, as they
         # moved in and out of view as asked, lockouts of face unlock for everyone.
-        self._enrolling = True
+        with self._deciding_lock:
+            self._enrolling = True
         frames: list[np.ndarray] = []
         cond = threading.Condition()
 
@@ -501,9 +503,15 @@ class Daemon:
                 self.stats.embeddings += 1
                 match = self._matcher.match(a.embedding)
             for e in self.decider.vote(tid, match, now):
-                raised.append(e)
                 if e.kind == ev.RECOGNIZED:
-                    self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
+                    with self._deciding_lock:   # face unlock may have been turned off since this frame began
+                        off = "face_unlock_off" if not self._face_unlock else "enrolling" if self._enrolling else None
+                        if off is None:
+                            self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
+                    if off is not None:
+                        e = ev.Event(kind=ev.DENIED, time=e.time, person=e.person, detail={"reason": off},
+                                     private=e.private)
+                raised.append(e)
                 self.bus.publish(e)
                 if e.kind in (ev.RECOGNIZED, ev.LOCKOUT):  # the lockout (and its level) survive a restart
                     self._save_state()
@@ -639,6 +647,8 @@ class Daemon:
         if hasattr(self, "_pipeline_enroll"):
             self._pipeline_enroll.quality_settings = new.quality
         self.decider.reconfigure(new.decide, new.match)  # tracks and any lockout carry on
+        if self.mqtt is not None:
+            self.mqtt.reload_code()   # from the file (or variable) of the settings it started with
         self.gate = ChangeGate(new.idle.change_threshold)
         log.info("config reloaded from %s", self.config_path)
         if changed:

@@ -76,6 +76,18 @@ class Match:
     runner_up_score: float = -1.0
 
 
+# A face is behind another when the other's box has at least this much more area (about 1.22x
+# the side): a stranger at the door and a face further back differ by far more (2x-6x in area),
+# while two people side by side at the door, the largest changing from frame to frame, do not:
+# each of them votes in the frames where it is the largest, and neither blocks the other (the
+# daemon's rule for the face at the door).  The same ratio keeps a track to one face: a box that
+# much smaller than its track's last box is not that face stepping back between two detections
+# but a face behind it, seen where it was when the face in front ducked or turned away, and it
+# starts a track of its own (which the daemon then finds overshadowed).  A face that grows as fast
+# is someone walking up, and keeps its track.
+OVERSHADOW_AREA_RATIO = 1.5
+
+
 @dataclasses.dataclass
 class _Track:
     id: int
@@ -89,6 +101,11 @@ class _Track:
     best: Match | None = None        # best-scoring match seen, for the audit log
     voted: set[str] = dataclasses.field(default_factory=set)  # everyone it ever voted for (lockout attribution)
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,7 +150,15 @@ class Decider:
         self._ended: list[Event] = []  # raised by tracks that ended in observe(); see ended_events()
 
     def reconfigure(self, settings: DecideSettings, match: MatchSettings) -> None:
-        """New settings (SIGHUP): tracks, votes, recent unknowns and any lockout carry on."""
+        """New settings (SIGHUP): tracks, recent unknowns and any lockout carry on.
+
+        Votes carry on too unless what makes a vote changed (``match.*``, ``decide.votes``,
+        ``decide.window_seconds``): a vote cast under a threshold an owner has just raised against false
+        accepts must not count under the new one."""
+        if match != self.match_settings or (settings.votes, settings.window_seconds) != (
+                self.settings.votes, self.settings.window_seconds):
+            for track in self._tracks.values():
+                track.votes.clear()
         self.settings, self.match_settings = settings, match
 
     # -- tracks ---------------------------------------------------------------
@@ -142,8 +167,12 @@ class Decider:
         """Assign each box (N,4 pixels) to a track; return one track id per box.
 
         Boxes join the existing track they overlap most (IoU >= ``track_iou``,
-        greedy, best pairs first); the rest start new tracks.  Tracks unseen
-        for ``track_timeout_seconds`` end first.
+        greedy, best pairs first), unless they have shrunk to 1 / OVERSHADOW_AREA_RATIO
+        of its last box or less; the rest start new tracks.  Tracks unseen for
+        ``track_timeout_seconds`` end first.  A track that no box joins keeps its
+        id until then but loses its votes: whoever is found in its place next
+        may be someone else (a resident who looked once and went in, a stranger
+        stepping into the same spot), and must earn ``decide.votes`` of their own.
         """
         now = self._clock() if now is None else now
         s = self.settings
@@ -162,7 +191,10 @@ class Decider:
         tracks = list(self._tracks.values())
         ids: list[int | None] = [None] * len(boxes)
         if len(boxes) and tracks:
-            overlap = iou(boxes, np.stack([t.box for t in tracks]))
+            last = np.stack([t.box for t in tracks])
+            overlap = iou(boxes, last)
+            shrunk = _areas(boxes)[:, None] * OVERSHADOW_AREA_RATIO <= _areas(last)[None, :]
+            overlap[shrunk] = 0.0
             taken: set[int] = set()
             for flat in np.argsort(-overlap, axis=None, kind="stable"):
                 i, j = divmod(int(flat), len(tracks))
@@ -181,6 +213,10 @@ class Decider:
                 track = self._tracks[ids[i]]
                 track.box = box.copy()
                 track.last_seen = now
+        for track in tracks:
+            if track.id not in ids and track.votes:
+                log.debug("track %d not found: its votes are dropped", track.id)
+                track.votes.clear()
         return [int(i) for i in ids]
 
     def needs_embedding(self, track_id: int) -> bool:

@@ -539,16 +539,27 @@ class MqttBridge:
 
     # -- life cycle
 
+    def _read_code(self) -> Any:
+        try:
+            return read_code(self.settings)
+        except (OSError, ValueError) as exc:
+            log.error("MQTT: cannot read the command code (mqtt.code_file / mqtt.code_env): %s; "
+                      "remote lock commands will all be refused until this is fixed", exc)
+            return _NO_CODE
+
+    def reload_code(self) -> None:
+        """SIGHUP: read the code again, so that a code changed in mqtt.code_file (one that leaked: it
+        travels in clear text) stops opening the door without a restart.  Unreadable: every lock
+        command is refused, as at start."""
+        old, self._code = self._code, self._read_code()
+        if self._code is not old and self._code != old and self._code is not _NO_CODE:
+            log.info("MQTT: the command code was read again: the new one is in force")
+
     def start(self) -> None:
         """Subscribe to the bus and connect in the background; never raises for broker trouble."""
         if self._running:
             return
-        try:
-            self._code = read_code(self.settings)
-        except (OSError, ValueError) as exc:
-            log.error("MQTT: cannot read the command code (mqtt.code_file / mqtt.code_env): %s; "
-                      "remote lock commands will all be refused until this is fixed", exc)
-            self._code = _NO_CODE
+        self._code = self._read_code()
         if not code_configured(self.settings):
             log.warning("MQTT: mqtt.allow_no_code is on and there is no mqtt.code_file or mqtt.code_env: UNLOCK "
                         "and OPEN on %s are obeyed from any client the broker lets publish there; set a code, "

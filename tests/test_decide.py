@@ -469,3 +469,54 @@ def test_a_residents_broken_track_is_still_theirs_after_a_face_in_front_cleared_
     d.observe(np.empty((0, 4)), 80.0)
     _, events = feed(d, [RESIDENT, RESIDENT], start=90.0)
     assert kinds(events) == ["recognized"] and d.status(91.0)["recent_unknowns"] == 0.0
+
+
+# -- a track is one face (adversarial review) -------------------------------------------------------
+
+def test_a_box_that_shrank_to_a_face_behind_starts_its_own_track():
+    """The stranger at the door ducks; a resident's face behind them, where theirs was, must not continue
+    (and vote on) the stranger's track.  A face walking up grows as fast and keeps its track."""
+    d = make()
+    front = np.array([[241, 143, 400, 342]], np.float32)    # 159x199 px
+    behind = np.array([[265, 147, 369, 289]], np.float32)   # 104x142: IoU 0.47, area / 2.1
+    assert iou(front, behind)[0, 0] > 0.3
+    (a,) = d.observe(front, 0.0)
+    (b,) = d.observe(behind, 0.1)
+    assert b != a
+    d = make()
+    (a,) = d.observe(behind, 0.0)
+    (b,) = d.observe(front, 0.1)            # growing: the same face nearer
+    assert b == a
+
+
+def test_a_track_not_found_in_a_detection_loses_its_votes():
+    """A resident looks up once (one vote) and goes in; a stranger steps into the same spot before the track
+    times out.  Before, the stranger's track kept the resident's vote, and one lookalike frame opened."""
+    lookalike = Match("resident", 0.75, "visitor", 0.3)
+    d = make()
+    ids, events = feed(d, [RESIDENT])
+    assert events == []
+    d.observe(np.empty((0, 4)), 0.3)                        # nobody found: the resident has gone in
+    ids2, events = feed(d, [lookalike], start=0.5)
+    assert ids2 == ids and events == []                     # the same track (within 1.5 s), no door
+    _, events = feed(d, [lookalike], start=0.6)
+    assert kinds(events) == ["recognized"]                  # two votes of its own: as any track
+    d = make()                                              # found in every frame: votes add up as before
+    _, events = feed(d, [RESIDENT, RESIDENT])
+    assert kinds(events) == ["recognized"]
+
+
+def test_a_reload_that_raises_the_threshold_drops_the_votes_cast_under_the_old_one():
+    d = make()
+    _, events = feed(d, [Match("resident", 0.65, "visitor", 0.3)])      # a vote at 0.6
+    assert events == []
+    d.reconfigure(settings(), MatchSettings(threshold=0.8, margin=0.05))
+    _, events = feed(d, [Match("resident", 0.81, "visitor", 0.3)], start=0.1)
+    assert events == []                                                 # one vote under 0.8, not two
+    _, events = feed(d, [Match("resident", 0.81, "visitor", 0.3)], start=0.2)
+    assert kinds(events) == ["recognized"]
+    d = make()                                                          # an unrelated change keeps them
+    feed(d, [RESIDENT])
+    d.reconfigure(settings(lockout_seconds=30.0), MATCH)
+    _, events = feed(d, [RESIDENT], start=0.1)
+    assert kinds(events) == ["recognized"]

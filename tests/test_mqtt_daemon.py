@@ -190,3 +190,31 @@ def test_two_locks_set_up_from_one_config_open_neither_door(tmp_path, mqtt_broke
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and "another lock" in r.stdout and "mqtt.base_topic" in r.stdout, r.stdout
         assert "the running lock says" in r.stdout
+
+
+def test_a_reload_puts_a_changed_code_in_force(tmp_path, mqtt_broker, mqtt_subscriber):
+    """The code file was read once, at start: after the owner changed a leaked code and ran `systemctl reload
+    lock`, the old code still opened the door and the new one was refused (adversarial review)."""
+    frames = scenario.write_frames(tmp_path / "frames", scenario.empty(3))
+    code = tmp_path / "code"
+    code.write_text("1111\n")
+    code.chmod(0o600)
+    s = scenario.settings(tmp_path, frames, camera={"loop": True},
+                          mqtt=mqtt_broker.settings(code_file=str(code)).model_dump())
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump(mode="json")))
+    t = Topics.of(s.mqtt)
+    sub = mqtt_subscriber(mqtt_broker, "#")
+    factory = MockFactory()
+    d = Daemon(s, config_path=str(cfg), pin_factory=factory)
+    with Running(d, stop_when_exhausted=False) as run:
+        assert scenario.wait_until(lambda: d.mqtt.connected, 10)
+        code.write_text("9876\n")                 # the owner changes the leaked code...
+        d._reload.set()                           # ...and reloads (SIGHUP)
+        assert scenario.wait_until(lambda: not d._reload.is_set(), 5)
+        sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "1111"}))
+        assert scenario.wait_until(lambda: any(e.detail.get("reason") == "bad_code"
+                                               for e in run.kinds(ev.DENIED)), 5)
+        assert active_spans(relay_history(factory)) == [] and not run.kinds(ev.REMOTE_UNLOCK)
+        sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "9876"}))
+        assert scenario.wait_until(lambda: run.kinds(ev.REMOTE_UNLOCK), 5)
