@@ -157,7 +157,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
-    from lock import schedule as schedule_mod
     from lock.schedule import Schedule
     settings = _load(args)
     if not os.path.lexists(settings.gallery.path) and args.action != "restore":
@@ -195,9 +194,10 @@ def cmd_faces(args: argparse.Namespace) -> int:
                     return 2
                 g.set_schedule(args.name, sched)
                 print(f"{args.name}: allowed {sched}")
-                if settings.decide.schedules_need_time_sync and not schedule_mod.clock_synchronized():
-                    print(f"note: no time server has set this clock since boot ({schedule_mod.TIME_SYNC_FILE} is missing): "
-                          f"{args.name} is refused until one has (README: Schedules and the clock)")
+                from lock.doctor import time_synced
+                if settings.decide.schedules_need_time_sync and not sched.always and not time_synced(settings):
+                    print(f"note: no time server has set this clock since boot (see `lock doctor`): {args.name} "
+                          "is refused until one has (README: Schedules and the clock)")
         elif args.action == "purge-stale":
             n = g.purge_stale()
             print(f"removed {n} template(s) made by another model")

@@ -113,9 +113,9 @@ class DecideSettings(Section):
     lockout_window_seconds: float = Field(120.0, gt=0)
     lockout_seconds: float = Field(60.0, gt=0)
     lockout_max_seconds: float = Field(3600.0, gt=0)
-    schedules_need_time_sync: bool = Field(True, description="a person with a schedule is let in only once the "
-                                           "clock has been set from a time server since boot (false: trust the "
-                                           "clock as it is, e.g. a Pi with a clock battery and no network)")
+    schedules_need_time_sync: bool = Field(True, description="a person with a schedule is let in only once a time "
+                                           "server has set the clock since boot (false: trust the clock as it is: "
+                                           "a clock battery and no network, or chrony instead of timesyncd)")
 
     @model_validator(mode="after")
     def _votes_fit(self) -> "DecideSettings":

@@ -28,6 +28,7 @@ import numpy as np
 from lock import config as config_mod
 from lock import events as ev
 from lock.decide import OVERSHADOW_AREA_RATIO
+from lock.schedule import TimeSync
 from lock.errors import ControlError, DoorError, EnrollmentError, LockError
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class Daemon:
         self._frame_listeners: list[Callable[[np.ndarray], None]] = []
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
         self.decider = self.camera = self.control = None
+        self.time_sync: TimeSync | None = None
 
     # --- bring-up and tear-down ---------------------------------------------
 
@@ -205,7 +207,9 @@ class Daemon:
             self._report_stale()
             state = self._load_state()
             self._face_unlock = state.get("face_unlock", True)
-            self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock)
+            self.time_sync = TimeSync(state.get("time_synced_boot"))
+            self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock,
+                                   time_synced=self.time_sync)
             self.decider.restore_lockout(state.get("lockout") or {})
             self.gate = ChangeGate(s.idle.change_threshold)
             if s.mqtt.enabled:
@@ -284,6 +288,8 @@ class Daemon:
                 state = {"face_unlock": self._face_unlock}
                 if self.decider is not None:
                     state["lockout"] = self.decider.lockout_state()
+                if self.time_sync is not None and self.time_sync.synced_boot is not None:
+                    state["time_synced_boot"] = self.time_sync.synced_boot
                 fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
                 try:
                     with os.fdopen(fd, "w") as f:
@@ -354,6 +360,7 @@ class Daemon:
             "face_unlock": self._face_unlock,
             "locked_out": self.decider.locked_out(now) if self.decider else False,
             "lockout_remaining_s": round(self.decider.lockout_remaining(now), 1) if self.decider else 0,
+            "clock_synchronized": bool(self.time_sync and self.time_sync()),
             "people": len(people),
             "gallery_read_only": bool(getattr(self.gallery, "read_only", False)),
             "camera_healthy": bool(getattr(cam, "healthy", False)),
@@ -526,6 +533,11 @@ class Daemon:
             self._last_stats, self._stats_frames = now, self.stats.frames
         elif now - self._last_stats >= 10.0:
             self._publish_stats(now)
+            if self.time_sync is not None and self.time_sync.synced_boot is None and self.time_sync():
+                # seen now, not only when someone with a schedule comes: a later restart of timesyncd
+                # (an upgrade) with no time server in reach must not take it back, nor a restart of the lock
+                log.info("the clock has been set from a time server: schedules are kept")
+                self._save_state()
 
     def _publish_stats(self, now: float) -> None:
         """Frame rate since the last report (not since start: a camera that stalled shows at once), latency,

@@ -57,7 +57,7 @@ import numpy as np
 
 from lock.config import DecideSettings, MatchSettings
 from lock.events import DENIED, LOCKOUT, RECOGNIZED, UNKNOWN, Event
-from lock.schedule import Schedule, clock_synchronized
+from lock.schedule import Schedule, TimeSync
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,14 @@ class Decider:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  local_time: Callable[[], dt.datetime] = dt.datetime.now,
-                 time_synced: Callable[[], bool] = clock_synchronized) -> None:
+                 time_synced: Callable[[], bool] | None = None) -> None:
         self.settings = settings
         self.match_settings = match
         self._schedules = schedules
         self._clock = clock
         self._wall = wall
         self._local_time = local_time
-        self._time_synced = time_synced
+        self._time_synced = TimeSync() if time_synced is None else time_synced
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
         # (time, weight, person) of unknowns; person: who every vote of an ended partial track was for
@@ -284,7 +284,8 @@ class Decider:
             return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,
                                                  reason="lockout"))
         schedule = self._schedules(person)
-        if schedule is not None and self.settings.schedules_need_time_sync and not self._time_synced():
+        if (schedule is not None and not schedule.always and self.settings.schedules_need_time_sync
+                and not self._time_synced()):
             # The clock may be the time saved at the last shutdown (a power cut, no clock battery):
             # a schedule read against it could let this person in at any hour.
             return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,

@@ -95,21 +95,46 @@ def _face_unlock_notes(settings, status: dict) -> list[str]:
     return notes
 
 
-def _clock(settings, scheduled: list[str], ok, warn) -> None:
-    """Whether the schedules of ``scheduled`` (names) can be kept: see lock.schedule.TIME_SYNC_FILE."""
-    from lock.schedule import TIME_SYNC_FILE, clock_synchronized
+def time_synced(settings) -> bool:
+    """As the daemon sees it (lock.schedule.TimeSync): timesyncd's file, or the boot under which the
+    daemon last saw it (state.json beside the gallery)."""
+    import json
+
+    from lock import schedule
+    try:
+        saved = json.loads(Path(settings.gallery.path).with_name("state.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    return schedule.TimeSync(saved.get("time_synced_boot") if isinstance(saved, dict) else None)()
+
+
+def _clock(settings, scheduled: list[str] | None, status: dict, ok, warn) -> None:
+    """Whether the schedules of ``scheduled`` (names; None: the gallery could not be read) are kept or
+    their people held off for want of a time server (lock.schedule.TimeSync): the running daemon's view,
+    else timesyncd's file or the boot it was last seen under (state.json)."""
+    from lock import schedule
+    if scheduled is None:
+        return
+    names = ", ".join(scheduled)
     if not scheduled:
-        ok("clock", "nobody has a schedule")
-    elif not settings.decide.schedules_need_time_sync:
-        ok("clock", f"schedules ({', '.join(scheduled)}) are read against the clock as it is "
+        ok("clock", "nobody has a schedule (or only every day, the whole day)")
+        return
+    if not settings.decide.schedules_need_time_sync:
+        ok("clock", f"schedules ({names}) are read against the clock as it is "
                     "(decide.schedules_need_time_sync is off)")
-    elif clock_synchronized():
-        ok("clock", "set from a time server since boot (systemd-timesyncd): schedules are kept")
-    else:
-        warn("clock", f"not set from a time server since boot (no {TIME_SYNC_FILE}): {', '.join(scheduled)} "
-                      "(who have a schedule) are refused until it is. Check the network and "
-                      "`timedatectl timesync-status`; with a clock battery and no network, set "
-                      "decide.schedules_need_time_sync: false")
+        return
+    synced = bool(status["clock_synchronized"]) if "clock_synchronized" in status else time_synced(settings)
+    if synced:
+        ok("clock", "set from a time server since boot: schedules are kept")
+        return
+    folder = Path(schedule.TIME_SYNC_FILE).parent
+    why = ("no time server has answered systemd-timesyncd yet (`timedatectl timesync-status`; is the network "
+           "up?)" if folder.is_dir() else
+           f"systemd-timesyncd is not running ({folder} does not exist): with another time client (chrony), "
+           "the lock cannot tell; set decide.schedules_need_time_sync: false (README: Schedules and the clock)")
+    warn("clock", f"not set from a time server since boot: {names} (who have a schedule) are refused "
+                  f"until it is; {why}. With a clock battery and no network, set "
+                  "decide.schedules_need_time_sync: false")
 
 
 def doctor(config_path: str | None) -> int:
@@ -199,10 +224,11 @@ def doctor(config_path: str | None) -> int:
         except Exception as exc:
             bad("gpio", f"relay {settings.door.relay_pin}: {exc} (on a Pi: sudo apt install python3-lgpio; user in group gpio; not a Pi: GPIOZERO_PIN_FACTORY=mock)")
 
-    scheduled: list[str] = []
+    scheduled: list[str] | None = None
     if model_hash and not Path(settings.gallery.path).exists():  # a check creates nothing
         warn("gallery", f"{settings.gallery.path}: no gallery yet: nobody enrolled, no face opens the door "
                         "(lock enroll NAME PHOTOS...)")
+        scheduled = []
     elif model_hash:
         try:
             from lock.gallery import Gallery
@@ -220,10 +246,10 @@ def doctor(config_path: str | None) -> int:
                                 "(lock enroll NAME PHOTOS...)")
             else:
                 ok("gallery", f"{settings.gallery.path}: {len(people)} people")
-            scheduled = [p.name for p in people if p.schedule is not None]
+            scheduled = [p.name for p in people if p.schedule is not None and not p.schedule.always]
         except Exception as exc:
             bad("gallery", f"{settings.gallery.path}: {exc}")
-    _clock(settings, scheduled, ok, warn)
+    _clock(settings, scheduled, status, ok, warn)
 
     if settings.mqtt.enabled:
         from lock.mqtt import check, install_id

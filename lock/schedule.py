@@ -10,21 +10,50 @@ import os
 
 log = logging.getLogger(__name__)
 
-# systemd-timesyncd, the time client of Raspberry Pi OS and Debian, touches this file each time it has set
-# the clock from a time server (systemd-timesyncd.service(8), FILES); /run is emptied at every boot.  So
-# the file is there exactly when the clock has come from a time server since this boot, and not merely
-# from the time saved at the last shutdown (/var/lib/systemd/timesync/clock), which is what a Pi without
-# a clock battery starts with after a power cut.  adjtimex(2), which `timedatectl` reads, is not used:
-# the unit's ProtectClock=yes forbids that call.
+# systemd-timesyncd, the time client of Raspberry Pi OS and Debian, touches this file each time a time
+# server has answered (systemd-timesyncd.service(8), FILES; since systemd 239).  /run is emptied at every
+# boot, and the file also goes whenever timesyncd stops or restarts (its RuntimeDirectory: an upgrade of
+# it, `systemctl restart`).  So: seen since this boot, the clock came from a time server, and not only
+# from the time saved shortly before the power went (/var/lib/systemd/timesync/clock, fake-hwclock), which
+# a Pi without a clock battery starts with after a power cut, behind by the length of the cut.  Once seen,
+# that stays true for the rest of the boot (TimeSync).  Not used: adjtimex(2), which the unit's
+# ProtectClock=yes forbids (timedatectl asks systemd-timedated over D-Bus, which calls it).
 TIME_SYNC_FILE = "/run/systemd/timesync/synchronized"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MIDNIGHT = dt.time.max  # "24:00": the end of the day
 
 
 def clock_synchronized(path: str | os.PathLike | None = None) -> bool:
-    """True once the system clock has been set from a time server since boot (see TIME_SYNC_FILE)."""
+    """True while timesyncd's file says a time server has set the clock (see TIME_SYNC_FILE)."""
     return os.path.exists(TIME_SYNC_FILE if path is None else path)
+
+
+def boot_id() -> str:
+    """This boot's id (a new one at every boot); this process's pid where the kernel has none to give."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii") as f:
+            return f.read().strip() or f"pid {os.getpid()}"
+    except (OSError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+class TimeSync:
+    """Whether a time server has set the clock since boot: true from the first time
+    :func:`clock_synchronized` is, for the rest of the boot, even after timesyncd, restarted, has
+    removed its file.  ``synced_boot`` is the boot id it was seen under (kept in the daemon's
+    state.json, so that a restart of the lock in such a moment keeps it too)."""
+
+    def __init__(self, synced_boot: str | None = None) -> None:
+        self.synced_boot = synced_boot if isinstance(synced_boot, str) else None
+
+    def __call__(self) -> bool:
+        boot = boot_id()
+        if clock_synchronized():
+            self.synced_boot = boot
+            return True
+        return self.synced_boot == boot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +77,11 @@ class Schedule:
         if self.start.tzinfo is not None or self.end.tzinfo is not None:
             # the door compares them with the local time of day, which has no zone
             raise ValueError("schedule hours are local times: leave out the time zone (Z, +01:00)")
+
+    @property
+    def always(self) -> bool:
+        """Every day, the whole day: no clock can make it refuse anyone."""
+        return set(self.days) == set(DAYS) and self.start == dt.time(0, 0) and self.end == MIDNIGHT
 
     def allows(self, when: dt.datetime) -> bool:
         t = when.time()

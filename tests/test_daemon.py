@@ -821,7 +821,9 @@ def test_a_scheduled_person_waits_for_the_time_server_and_others_do_not(tmp_path
     synced = tmp_path / "synchronized"
     monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
     a, b = people["a"], people["b"]
+    import datetime as dt
     always = schedule.Schedule.parse("mon-sun", "00:00-24:00")
+    nearly = schedule.Schedule(start=dt.time(0, 0, 1))    # all but the first second of each day
 
     def walk_up(label, who):
         frames = scenario.write_frames(tmp_path / label, scenario.empty(5) + scenario.walk(people["val"][who][0], 15)
@@ -838,7 +840,11 @@ def test_a_scheduled_person_waits_for_the_time_server_and_others_do_not(tmp_path
     enroll(pipe, s, a, people["train"][a][:6])
     enroll(pipe, s, b, people["train"][b][:6])
     with Gallery(s.gallery.path, pipe.model_hash) as g:
-        g.set_schedule(a, always)
+        g.set_schedule(a, always)                # no clock can make it refuse: not held to the time server
+    run, spans = walk_up("a-always", a)
+    assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a] and len(spans) == 1
+    with Gallery(s.gallery.path, pipe.model_hash) as g:
+        g.set_schedule(a, nearly)
     run, spans = walk_up("a-unsynced", a)
     denied = run.kinds(ev.DENIED)
     assert [(e.person, e.detail.get("reason")) for e in denied] == [(a, "clock_not_synchronized")]
@@ -848,3 +854,35 @@ def test_a_scheduled_person_waits_for_the_time_server_and_others_do_not(tmp_path
     synced.touch()
     run, spans = walk_up("a-synced", a)
     assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a] and len(spans) == 1
+    synced.unlink()                # timesyncd restarted (an upgrade), no time server in reach: the lock
+    run, spans = walk_up("a-restarted", a)   # restarted too, saw the file this boot (state.json) and keeps it
+    assert [e.person for e in run.kinds(ev.RECOGNIZED)] == [a] and len(spans) == 1
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["time_synced_boot"] == schedule.boot_id()
+    state["time_synced_boot"] = "another boot"   # the same after a reboot: held off again
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    run, spans = walk_up("a-rebooted", a)
+    assert [(e.person, e.detail.get("reason")) for e in run.kinds(ev.DENIED)] == [(a, "clock_not_synchronized")]
+
+
+def test_the_daemon_notes_the_time_server_when_it_comes_not_only_at_a_decision(tmp_path, monkeypatch):
+    """Seen within a stats tick (10 s) and saved: a later restart of timesyncd with no time server in reach
+    does not take it back, even if no one with a schedule came in between."""
+    from lock import schedule
+    synced = tmp_path / "synchronized"
+    monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
+    s = scenario.settings(tmp_path)
+    d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera()).open()
+    try:
+        d._tick_stats(1000.0)
+        d._tick_stats(1010.0)
+        assert d.status()["clock_synchronized"] is False
+        saved = tmp_path / "state.json"
+        assert not saved.exists() or "time_synced_boot" not in json.loads(saved.read_text())
+        synced.touch()
+        d._tick_stats(1020.0)
+        assert json.loads((tmp_path / "state.json").read_text())["time_synced_boot"] == schedule.boot_id()
+        synced.unlink()
+        assert d.status()["clock_synchronized"] is True
+    finally:
+        d.close()

@@ -189,7 +189,9 @@ def test_doctor_checks_the_coral_facenet_file_against_the_manifest(tmp_path, mon
 
 def test_doctor_warns_when_schedules_cannot_be_kept_for_want_of_a_time_server(tmp_path, monkeypatch, capsys):
     """A person with a schedule is refused until the clock comes from a time server (lock.decide); doctor
-    says so, naming them.  systemd-timesyncd's file is a real file here, in tmp_path."""
+    says so, naming them, and why.  systemd-timesyncd's file is a real file here, in tmp_path."""
+    import json
+
     import numpy as np
     from lock import schedule
     from lock.config import models_dir
@@ -197,7 +199,7 @@ def test_doctor_warns_when_schedules_cannot_be_kept_for_want_of_a_time_server(tm
     from lock.gallery import Gallery
     from lock.vision.runtime import Runtime
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    synced = tmp_path / "synchronized"
+    synced = tmp_path / "timesync" / "synchronized"
     monkeypatch.setattr(schedule, "TIME_SYNC_FILE", str(synced))
     frames = scenario.write_frames(tmp_path / "frames", scenario.empty(2))
 
@@ -209,19 +211,29 @@ def test_doctor_warns_when_schedules_cannot_be_kept_for_want_of_a_time_server(tm
         return s, next(x for x in capsys.readouterr().out.splitlines() if "] clock" in x)
 
     s, line = clock_line()
-    assert line == "[ ok ] clock: nobody has a schedule"
+    assert line == "[ ok ] clock: nobody has a schedule (or only every day, the whole day)"
     rt = Runtime(models_dir(s)).open()
     with Gallery(s.gallery.path, rt.model_hash("facenet.tflite")) as g:
         e = np.zeros(128, np.float32)
         e[0] = 1.0
         g.enroll("cleaner", [e], [1.0])
         g.enroll("resident", [np.roll(e, 1)], [1.0])
+        g.enroll("lodger", [np.roll(e, 2)], [1.0])
         g.set_schedule("cleaner", schedule.Schedule.parse("mon-fri", "09:00-12:00"))
+        g.set_schedule("lodger", schedule.Schedule.parse("mon-sun", "00:00-24:00"))   # no clock can matter
     _, line = clock_line()
-    assert line.startswith("[WARN] clock: not set from a time server since boot") and "cleaner" in line
-    assert "resident" not in line and "decide.schedules_need_time_sync" in line
+    assert line.startswith("[WARN] clock: not set from a time server since boot: cleaner (who have a schedule)")
+    assert "systemd-timesyncd is not running" in line and "decide.schedules_need_time_sync" in line
+    assert "resident" not in line and "lodger" not in line
+    synced.parent.mkdir()
+    _, line = clock_line()
+    assert "no time server has answered systemd-timesyncd yet" in line
     synced.touch()
-    assert clock_line()[1] == "[ ok ] clock: set from a time server since boot (systemd-timesyncd): schedules are kept"
-    synced.unlink()
+    assert clock_line()[1] == "[ ok ] clock: set from a time server since boot: schedules are kept"
+    synced.unlink()                # timesyncd restarted; the lock saw the file earlier in this boot
+    (tmp_path / "state.json").write_text(json.dumps({"face_unlock": True, "time_synced_boot": schedule.boot_id()}))
+    assert clock_line()[1] == "[ ok ] clock: set from a time server since boot: schedules are kept"
+    (tmp_path / "state.json").write_text(json.dumps({"face_unlock": True, "time_synced_boot": "an earlier boot"}))
+    assert clock_line()[1].startswith("[WARN] clock:")
     _, line = clock_line(schedules_need_time_sync=False)
     assert line.startswith("[ ok ] clock: schedules (cleaner) are read against the clock as it is")
