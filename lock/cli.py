@@ -8,9 +8,11 @@ was wrong and where, and exits non-zero: 2 for a bad configuration or usage,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -210,13 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("PIL",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()   # here, so that a reader gone early is the BrokenPipeError below
+        return rc
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # `lock status | head -1`: the reader has gone, nothing more to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         # Enrollment writes in one transaction at the end: all of it or nothing.
         print("interrupted" + (" (an enrollment is stored whole or not at all: see lock faces list)"

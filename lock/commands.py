@@ -264,7 +264,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from lock.demo import demo
-    return demo(args.config, photos=args.photos, fps=args.fps)
+    return demo(args.config, photos=args.photos, fps=args.fps, keep=args.keep)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -292,7 +292,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("name")
     r.add_argument("days", nargs="?", default="mon-sun", help="mon-fri, or mon,wed,sat (default: every day)")
     r.add_argument("hours", nargs="?", default="00:00-24:00",
-                   help="HH:MM-HH:MM, the end not included; 22:00-06:00 runs past midnight; "
+                   help="HH:MM-HH:MM, the end not included; 22:00-06:00 runs past midnight (the early "
+                        "hours belong to the day the range starts: sat,sun 22:00-06:00 includes Monday 00:00-06:00); "
                         "24:00 is the end of the day (default: 00:00-24:00)")
     r.add_argument("--clear", action="store_true", help="remove NAME's schedule: any day, any time")
     fs.add_parser("purge-stale", help="remove templates made by another model")
@@ -312,7 +313,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("mqtt-test", help="try the configured MQTT broker and say what happened").set_defaults(func=cmd_mqtt_test)
     sub.add_parser("doctor", help="check config, models, runtime, Coral, camera, GPIO, gallery, MQTT").set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("demo", help="the lock on recorded frames with a mock relay (no Pi needed)")
+    s = sub.add_parser("demo", help="the lock on recorded frames with a mock relay (no Pi needed)",
+                       description="Enroll one person from the test photographs, make a recording (empty porch, "
+                                   "that person walking up, empty porch, a stranger walking up) and run the real "
+                                   "daemon on it with a mock relay, printing each event. With --config, that "
+                                   "file's settings (MQTT included) under a device of their own.")
     s.add_argument("--photos", default=None, help="photo folder (default: the fetched test photographs)")
     s.add_argument("--fps", type=float, default=10.0)
+    s.add_argument("--keep", metavar="DIR", default=None,
+                   help="write the recording (frames/) and the demo's gallery into DIR and keep them, e.g. for "
+                        "`lock run` with camera.source: files and camera.path: DIR/frames")
     s.set_defaults(func=cmd_demo)

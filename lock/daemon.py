@@ -369,6 +369,7 @@ class Daemon:
             "latency_ms": round(self.stats.latency_ms, 1),
             "mqtt_connected": bool(self.mqtt and self.mqtt.connected),
             "mqtt_conflict": self.mqtt.conflict if self.mqtt else None,
+            "mqtt_code_lockout_s": round(self.mqtt.code_lockout_remaining, 1) if self.mqtt else 0,
             "frames": self.stats.frames,
         }
 

@@ -45,9 +45,19 @@ def _recording(photos: Path, out: Path, size: tuple[int, int]) -> tuple[str, str
     return member.name, stranger.name, enroll
 
 
-def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.0) -> int:
+def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.0,
+         keep: str | None = None) -> int:
+    """Returns 0 when the member was let in once and the stranger reported; ``keep``: a folder for the
+    recording, the gallery and the audit log, kept at the end (else a temporary one, removed)."""
     base = config_mod.load(config_path, door=False) if config_path else config_mod.Settings()   # a mock relay only
     root = Path(photos) if photos else default_photos()
+    if keep:
+        work = Path(keep).resolve()
+        if work.exists() and any(work.iterdir()):
+            print(f"error: --keep {keep}: the folder is not empty (give a new or empty one)")
+            return 2
+        work.mkdir(parents=True, exist_ok=True)
+        return _run(base, root, work, fps, kept=True)
     work = Path(tempfile.mkdtemp(prefix="lock-demo-"))
     try:
         return _run(base, root, work, fps)
@@ -55,7 +65,7 @@ def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.
         shutil.rmtree(work, ignore_errors=True)  # frames, a gallery and an audit log: nothing to keep
 
 
-def _run(base, root: Path, work: Path, fps: float) -> int:
+def _run(base, root: Path, work: Path, fps: float, kept: bool = False) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from lock.daemon import Daemon
@@ -76,7 +86,7 @@ def _run(base, root: Path, work: Path, fps: float) -> int:
                         device_name=f"{base.mqtt.device_name} (demo)")
     settings = config_mod.parse(data, "demo settings")
 
-    print(f"demo folder (removed at the end): {work}")
+    print(f"demo folder ({'kept' if kept else 'removed at the end'}): {work}")
     pipe = FacePipeline(settings).open()
     with Gallery(settings.gallery.path, pipe.model_hash) as gallery:
         report = enroll_files(pipe, gallery, member, enroll_photos, lookalike=settings.match.threshold)
@@ -115,4 +125,8 @@ def _run(base, root: Path, work: Path, fps: float) -> int:
           f"unlocked for {[e.person for e in unlocks]}, unknown faces: {len(unknown)}")
     ok = [e.person for e in unlocks] == [member] and len(unknown) >= 1
     print("demo result: " + ("as expected (member let in once, stranger kept out)" if ok else "UNEXPECTED"))
+    if kept:
+        print(f"kept in {work}: the recording (frames/), gallery.db (with {member}) and audit.db; to run the lock "
+              f"on them, set camera.source: files, camera.path: {work / 'frames'}, gallery.path: "
+              f"{work / 'gallery.db'} in your copy of config.yaml")
     return 0 if ok else 1

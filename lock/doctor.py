@@ -132,7 +132,7 @@ def _clock(settings, scheduled: list[str] | None, status: dict, ok, warn) -> Non
            "up?)" if folder.is_dir() else
            f"systemd-timesyncd is not running ({folder} does not exist): with another time client (chrony), "
            "the lock cannot tell; set decide.schedules_need_time_sync: false (README: Schedules and the clock)")
-    warn("clock", f"not set from a time server since boot: {names} (who have a schedule) are refused "
+    warn("clock", f"not set from a time server since boot: people with a schedule ({names}) are refused "
                   f"until it is; {why}. With a clock battery and no network, set "
                   "decide.schedules_need_time_sync: false")
 

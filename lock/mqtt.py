@@ -521,6 +521,11 @@ class MqttBridge:
             return len(self._queue) + len(self._control) + (self._inflight is not None)
 
     @property
+    def code_lockout_remaining(self) -> float:
+        """Seconds left of a wrong-code lockout of the remote lock commands; 0 if none."""
+        return self._lockout.remaining()
+
+    @property
     def conflict(self) -> str | None:
         """Why remote lock commands are refused just now (another lock on these topics), or None."""
         now = self._monotonic()

@@ -90,3 +90,16 @@ def test_run_without_gpio_says_how_to_try_it_on_a_pc(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lock", "--config", str(tmp_path / "nothing.yaml"), "run"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "GPIOZERO_PIN_FACTORY" not in r.stderr  # only for that error
+
+
+def test_a_reader_that_stops_early_is_no_error(photos):
+    """`lock status | head -1` (or verify, list) ended in a BrokenPipeError traceback and status 1."""
+
+    paths = [str(p) for p in photos.singles[:4]]
+    a = subprocess.Popen([sys.executable, "-m", "lock", "verify", *paths], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    head = subprocess.run(["head", "-1"], stdin=a.stdout, capture_output=True, text=True, timeout=300)
+    a.stdout.close()
+    err = a.stderr.read().decode()
+    assert a.wait(timeout=300) == 0 and head.stdout.endswith("face(s)\n")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

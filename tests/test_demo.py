@@ -32,3 +32,27 @@ def test_the_demo_lets_the_member_in_and_leaves_a_live_lock_on_the_broker_alone(
     assert [e["event_type"] for e in events if e["event_type"] in ("recognized", "unknown")][:1] == ["recognized"]
     discovery = [json.loads(p) for t, p, _ in seen.messages if t.startswith(live.discovery_prefix + "/") and p]
     assert discovery and all(d["device"]["name"] == f"{live.device_name} (demo)" for d in discovery)
+
+
+def test_the_demo_keeps_its_recording_for_lock_run(tmp_path, photos, capsys):
+    """A new user had no recorded frames to run `lock run` on (the demo removed its own): --keep DIR keeps
+    them, with the gallery, and the daemon on them lets the member in as the demo did."""
+    from gpiozero.pins.mock import MockFactory
+
+    from lock import events as ev
+    from lock.daemon import Daemon
+    from tests import scenario
+    kept = tmp_path / "kept"
+    assert demo(None, photos=str(photos.root), keep=str(kept)) == 0
+    out = capsys.readouterr().out
+    assert f"kept in {kept}" in out and "camera.path: " + str(kept / "frames") in out
+    assert len(list((kept / "frames").glob("*.jpg"))) == 80 and (kept / "gallery.db").is_file()
+    assert demo(None, photos=str(photos.root), keep=str(kept)) == 2          # never over an earlier one
+    assert "the folder is not empty" in capsys.readouterr().out
+    s = scenario.settings(tmp_path / "run", kept / "frames", camera={"fps": 10},
+                          gallery={"path": str(kept / "gallery.db")})
+    (tmp_path / "run").mkdir()
+    d = Daemon(s, pin_factory=MockFactory())
+    with scenario.Running(d) as run:
+        run.wait()
+    assert len(run.kinds(ev.RECOGNIZED)) == 1 and len(run.kinds(ev.UNKNOWN)) >= 1

@@ -222,7 +222,8 @@ def test_doctor_warns_when_schedules_cannot_be_kept_for_want_of_a_time_server(tm
         g.set_schedule("cleaner", schedule.Schedule.parse("mon-fri", "09:00-12:00"))
         g.set_schedule("lodger", schedule.Schedule.parse("mon-sun", "00:00-24:00"))   # no clock can matter
     _, line = clock_line()
-    assert line.startswith("[WARN] clock: not set from a time server since boot: cleaner (who have a schedule)")
+    assert line.startswith("[WARN] clock: not set from a time server since boot: people with a schedule "
+                           "(cleaner) are refused")
     assert "systemd-timesyncd is not running" in line and "decide.schedules_need_time_sync" in line
     assert "resident" not in line and "lodger" not in line
     synced.parent.mkdir()

@@ -360,6 +360,7 @@ def test_wrong_codes_lock_remote_commands_out_for_a_doubling_time(coded, bus_eve
         now[0] += seconds - 1
         send(ha, bridge, [RIGHT])            # a second before the end: still refused
         assert handler.calls == [], seconds
+        assert bridge.code_lockout_remaining == pytest.approx(1.0)   # lock status shows it
         now[0] += 1.5
     lockout_events = [e for e in seen if e.kind == events.DENIED and e.detail["reason"] == "code_lockout"]
     assert all(e.detail["source"] == "mqtt" for e in lockout_events)
