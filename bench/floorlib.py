@@ -91,11 +91,11 @@ def reference_model(tf_python: str | None, out: Path) -> tuple[Path | None, str]
     return None, "no python with TensorFlow built it (" + "; ".join(why) + "; give --tf-python PATH)"
 
 
-def time_invoke(model_path: Path, shape, threads: int, seconds: float = 1.5) -> float:
-    """Median wall ms of one invoke (XNNPACK, ``threads``), random int8 input."""
+def time_invoke(model_path: Path, shape, threads: int, seconds: float = 1.5, **interpreter_kw) -> float:
+    """Median wall ms of one invoke (XNNPACK unless ``interpreter_kw`` says otherwise), random int8 input."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(model_path), num_threads=threads)
+    it = Interpreter(model_path=str(model_path), num_threads=threads, **interpreter_kw)
     if shape is not None:
         it.resize_tensor_input(it.get_input_details()[0]["index"], list(shape))
     it.allocate_tensors()
