@@ -194,8 +194,10 @@ def cmd_faces(args: argparse.Namespace) -> int:
                     return 2
                 g.set_schedule(args.name, sched)
                 print(f"{args.name}: allowed {sched}")
-                from lock.doctor import time_synced
-                if settings.decide.schedules_need_time_sync and not sched.always and not time_synced(settings):
+                from lock.doctor import daemon_status, time_synced
+                status = daemon_status(settings)   # the running lock's own view, else the files it keeps
+                synced = status["clock_synchronized"] if "clock_synchronized" in status else time_synced(settings)
+                if settings.decide.schedules_need_time_sync and not sched.always and not synced:
                     print(f"note: no time server has set this clock since boot (see `lock doctor`): {args.name} "
                           "is refused until one has (README: Schedules and the clock)")
         elif args.action == "purge-stale":

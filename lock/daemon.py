@@ -177,6 +177,7 @@ class Daemon:
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
         self.decider = self.camera = self.control = None
         self.time_sync: TimeSync | None = None
+        self._saved_synced_boot: str | None = None
 
     # --- bring-up and tear-down ---------------------------------------------
 
@@ -208,6 +209,7 @@ class Daemon:
             state = self._load_state()
             self._face_unlock = state.get("face_unlock", True)
             self.time_sync = TimeSync(state.get("time_synced_boot"))
+            self._saved_synced_boot = self.time_sync.synced_boot   # what state.json holds for this boot
             self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock,
                                    time_synced=self.time_sync)
             self.decider.restore_lockout(state.get("lockout") or {})
@@ -288,8 +290,9 @@ class Daemon:
                 state = {"face_unlock": self._face_unlock}
                 if self.decider is not None:
                     state["lockout"] = self.decider.lockout_state()
-                if self.time_sync is not None and self.time_sync.synced_boot is not None:
-                    state["time_synced_boot"] = self.time_sync.synced_boot
+                synced_boot = self.time_sync.synced_boot if self.time_sync is not None else None
+                if synced_boot is not None:
+                    state["time_synced_boot"] = synced_boot
                 fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
                 try:
                     with os.fdopen(fd, "w") as f:
@@ -297,6 +300,7 @@ class Daemon:
                         f.flush()
                         os.fsync(f.fileno())   # the new state on disk before it replaces the old one
                     os.replace(tmp, p)
+                    self._saved_synced_boot = synced_boot
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
@@ -494,8 +498,10 @@ class Daemon:
             area = box_areas(faces.boxes)
             self._in_front[track_ids[at_door]] = (now, float(area[at_door]))
             for i, tid in enumerate(track_ids):
-                if any(t != tid and a >= OVERSHADOW_AREA_RATIO * area[i] for t, (_, a) in self._in_front.items()):
-                    self.decider.overshadow(tid, now)
+                seen = [t_seen for t, (t_seen, a) in self._in_front.items()
+                        if t != tid and a >= OVERSHADOW_AREA_RATIO * area[i]]
+                if seen:   # held off for window_seconds after the larger face was last seen, not after now
+                    self.decider.overshadow(tid, max(seen))
         # Faces behind are never decided: the detection rate follows the face at the door alone (and with
         # face unlock off nothing is decided: the tracks only need keeping alive).
         deciding = self._face_unlock and not self._enrolling
@@ -510,15 +516,12 @@ class Daemon:
             if a.embedding is not None:
                 self.stats.embeddings += 1
                 match = self._matcher.match(a.embedding)
-            for e in self.decider.vote(tid, match, now):
-                if e.kind == ev.RECOGNIZED:
-                    with self._deciding_lock:   # face unlock may have been turned off since this frame began
-                        off = "face_unlock_off" if not self._face_unlock else "enrolling" if self._enrolling else None
-                        if off is None:
-                            self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
-                    if off is not None:
-                        e = ev.Event(kind=ev.DENIED, time=e.time, person=e.person, detail={"reason": off},
-                                     private=e.private)
+            with self._deciding_lock:   # face unlock may have been turned off since this frame began
+                off = "face_unlock_off" if not self._face_unlock else "enrolling" if self._enrolling else None
+                decided = self.decider.vote(tid, match, now, refuse=off)
+                if any(e.kind == ev.RECOGNIZED for e in decided):
+                    self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
+            for e in decided:
                 raised.append(e)
                 self.bus.publish(e)
                 if e.kind in (ev.RECOGNIZED, ev.LOCKOUT):  # the lockout (and its level) survive a restart
@@ -534,7 +537,7 @@ class Daemon:
             self._last_stats, self._stats_frames = now, self.stats.frames
         elif now - self._last_stats >= 10.0:
             self._publish_stats(now)
-            if self.time_sync is not None and self.time_sync.synced_boot is None and self.time_sync():
+            if self.time_sync is not None and self.time_sync() and self.time_sync.synced_boot != self._saved_synced_boot:
                 # seen now, not only when someone with a schedule comes: a later restart of timesyncd
                 # (an upgrade) with no time server in reach must not take it back, nor a restart of the lock
                 log.info("the clock has been set from a time server: schedules are kept")
@@ -638,6 +641,8 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; thresholds and decision settings apply at once."""
+        if self.mqtt is not None:   # first: a leaked code must stop working even if the config is now broken
+            self.mqtt.reload_code()   # from the file of the settings it started with
         if not self.config_path:
             log.warning("SIGHUP: no config file to reload")
             return
@@ -660,8 +665,6 @@ class Daemon:
         if hasattr(self, "_pipeline_enroll"):
             self._pipeline_enroll.quality_settings = new.quality
         self.decider.reconfigure(new.decide, new.match)  # tracks and any lockout carry on
-        if self.mqtt is not None:
-            self.mqtt.reload_code()   # from the file (or variable) of the settings it started with
         self.gate = ChangeGate(new.idle.change_threshold)
         log.info("config reloaded from %s", self.config_path)
         if changed:

@@ -86,6 +86,10 @@ class Match:
 # starts a track of its own (which the daemon then finds overshadowed).  A face that grows as fast
 # is someone walking up, and keeps its track.
 OVERSHADOW_AREA_RATIO = 1.5
+# A track missed by this many detections in a row loses its votes: whoever is found in its place next may be
+# someone else (a resident who looked up once and went in, a stranger stepping into the spot).  One miss
+# is kept: a face is often missed for a frame (turned, blurred), and a resident should not start again.
+MISSES_DROP_VOTES = 2
 
 
 @dataclasses.dataclass
@@ -101,6 +105,7 @@ class _Track:
     best: Match | None = None        # best-scoring match seen, for the audit log
     voted: set[str] = dataclasses.field(default_factory=set)  # everyone it ever voted for (lockout attribution)
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
+    missed: int = 0                  # detections in a row that did not find it
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
@@ -169,10 +174,12 @@ class Decider:
         Boxes join the existing track they overlap most (IoU >= ``track_iou``,
         greedy, best pairs first), unless they have shrunk to 1 / OVERSHADOW_AREA_RATIO
         of its last box or less; the rest start new tracks.  Tracks unseen for
-        ``track_timeout_seconds`` end first.  A track that no box joins keeps its
-        id until then but loses its votes: whoever is found in its place next
-        may be someone else (a resident who looked once and went in, a stranger
-        stepping into the same spot), and must earn ``decide.votes`` of their own.
+        ``track_timeout_seconds`` end first.  A track that MISSES_DROP_VOTES
+        detections in a row did not find keeps its id until then but loses its
+        votes.  A box split off by the shrink rule from a decided track that this
+        detection did not find (someone let in, or reported, who stepped back)
+        keeps that decision on its new track: not decided, let in, or counted
+        towards a lockout a second time.
         """
         now = self._clock() if now is None else now
         s = self.settings
@@ -194,6 +201,7 @@ class Decider:
             last = np.stack([t.box for t in tracks])
             overlap = iou(boxes, last)
             shrunk = _areas(boxes)[:, None] * OVERSHADOW_AREA_RATIO <= _areas(last)[None, :]
+            near = overlap >= s.track_iou
             overlap[shrunk] = 0.0
             taken: set[int] = set()
             for flat in np.argsort(-overlap, axis=None, kind="stable"):
@@ -203,20 +211,29 @@ class Decider:
                 if ids[i] is None and j not in taken:
                     ids[i] = tracks[j].id
                     taken.add(j)
+        found = {i for i in ids if i is not None}
         for i, box in enumerate(boxes):
             if ids[i] is None:
                 ids[i] = self._next_id
-                self._tracks[self._next_id] = _Track(self._next_id, box.copy(), now, now)
+                track = self._tracks[self._next_id] = _Track(self._next_id, box.copy(), now, now)
                 log.debug("track %d started at %s", self._next_id, box.tolist())
                 self._next_id += 1
+                stepped_back = [t for j, t in enumerate(tracks) if near[i, j] and shrunk[i, j] and t.decision is not None and t.id not in found]
+                if stepped_back:
+                    track.decision = stepped_back[0].decision
+                    log.debug("track %d: %s as track %d, which it stepped back from", track.id, track.decision,
+                              stepped_back[0].id)
             else:
                 track = self._tracks[ids[i]]
                 track.box = box.copy()
                 track.last_seen = now
+                track.missed = 0
         for track in tracks:
-            if track.id not in ids and track.votes:
-                log.debug("track %d not found: its votes are dropped", track.id)
-                track.votes.clear()
+            if track.id not in found:
+                track.missed += 1
+                if track.missed >= MISSES_DROP_VOTES and track.votes:
+                    log.debug("track %d not found %d times: its votes are dropped", track.id, track.missed)
+                    track.votes.clear()
         return [int(i) for i in ids]
 
     def needs_embedding(self, track_id: int) -> bool:
@@ -225,14 +242,14 @@ class Decider:
         return track is not None and track.decision is None
 
     def overshadow(self, track_id: int, now: float | None = None) -> None:
-        """A larger face is in view: this one is not at the door.  Its votes so far are dropped and it
-        gets none for ``window_seconds``, so that frames in which the face in front is not found (turned
-        away, looking down) cannot add up to let the face behind it in."""
+        """A larger face is in view (``now``: when it was last seen): this one is not at the door.  Its votes
+        so far are dropped and it gets none for ``window_seconds`` after that, so that frames in which the
+        face in front is not found (turned away, looking down) cannot add up to let the face behind it in."""
         now = self._clock() if now is None else now
         track = self._tracks.get(track_id)
         if track is not None:
             track.votes.clear()
-            track.overshadowed_until = now + self.settings.window_seconds
+            track.overshadowed_until = max(track.overshadowed_until, now + self.settings.window_seconds)
 
     def overshadowed(self, track_id: int, now: float | None = None) -> bool:
         now = self._clock() if now is None else now
@@ -241,11 +258,14 @@ class Decider:
 
     # -- votes ----------------------------------------------------------------
 
-    def vote(self, track_id: int, match: Match | None, now: float | None = None) -> list[Event]:
+    def vote(self, track_id: int, match: Match | None, now: float | None = None,
+             refuse: str | None = None) -> list[Event]:
         """Count one frame of a track; return the events it decides (often none).
 
         ``match`` is None for a face that failed the quality or liveness
-        gate: it counts for nothing, not even towards ``unknown``.
+        gate: it counts for nothing, not even towards ``unknown``.  ``refuse``:
+        why a person recognized now may not be let in (face unlock turned off
+        while this frame was matched): the track is decided DENIED with it.
         """
         now = self._clock() if now is None else now
         track = self._tracks.get(track_id)
@@ -273,13 +293,16 @@ class Decider:
 
         if voted and not track.conflicted and len(track.votes[match.person]) >= s.votes:
             score = max(sc for _, sc in track.votes[match.person])
-            return self._accept(track, match.person, score, now)
+            return self._accept(track, match.person, score, now, refuse)
         if track.embedded >= s.unknown_after:
             return self._unknown(track, now)
         return []
 
-    def _accept(self, track: _Track, person: str, score: float, now: float) -> list[Event]:
+    def _accept(self, track: _Track, person: str, score: float, now: float,
+                refuse: str | None = None) -> list[Event]:
         private = {"score": round(score, 4)}
+        if refuse is not None:
+            return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private, reason=refuse))
         if self.locked_out(now):
             return self._decide(track, Event.now(DENIED, person, clock=self._wall, private=private,
                                                  reason="lockout"))

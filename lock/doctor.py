@@ -128,13 +128,16 @@ def _clock(settings, scheduled: list[str] | None, status: dict, ok, warn) -> Non
         ok("clock", "set from a time server since boot: schedules are kept")
         return
     folder = Path(schedule.TIME_SYNC_FILE).parent
-    why = ("no time server has answered systemd-timesyncd yet (`timedatectl timesync-status`; is the network "
-           "up?)" if folder.is_dir() else
-           f"systemd-timesyncd is not running ({folder} does not exist): with another time client (chrony), "
-           "the lock cannot tell; set decide.schedules_need_time_sync: false (README: Schedules and the clock)")
-    warn("clock", f"not set from a time server since boot: people with a schedule ({names}) are refused "
-                  f"until it is; {why}. With a clock battery and no network, set "
-                  "decide.schedules_need_time_sync: false")
+    if folder.is_dir():
+        warn("clock", f"not set from a time server since boot: people with a schedule ({names}) are refused "
+                      "until it is; no time server has answered systemd-timesyncd yet (`timedatectl "
+                      "timesync-status`; is the network up?). With a clock battery and no network, set "
+                      "decide.schedules_need_time_sync: false")
+    else:
+        warn("clock", f"systemd-timesyncd is not running ({folder} does not exist): the lock cannot tell whether "
+                      f"a time server has set the clock, so people with a schedule ({names}) are refused. With "
+                      "another time client (chrony) or a clock battery and no network, set "
+                      "decide.schedules_need_time_sync: false (README: Schedules and the clock)")
 
 
 def doctor(config_path: str | None) -> int:

@@ -556,6 +556,10 @@ class MqttBridge:
         """SIGHUP: read the code again, so that a code changed in mqtt.code_file (one that leaked: it
         travels in clear text) stops opening the door without a restart.  Unreadable: every lock
         command is refused, as at start."""
+        if not self.settings.code_file:
+            if self.settings.code_env:
+                log.info("MQTT: mqtt.code_env is read at start only: restart the lock to change the code")
+            return
         old, self._code = self._code, self._read_code()
         if self._code is not old and self._code != old and self._code is not _NO_CODE:
             log.info("MQTT: the command code was read again: the new one is in force")

@@ -30,13 +30,14 @@ def clock_synchronized(path: str | os.PathLike | None = None) -> bool:
     return os.path.exists(TIME_SYNC_FILE if path is None else path)
 
 
-def boot_id() -> str:
-    """This boot's id (a new one at every boot); this process's pid where the kernel has none to give."""
+def boot_id() -> str | None:
+    """This boot's id (a new one at every boot); None where the kernel gives none (then only
+    timesyncd's file counts: nothing is remembered that a reboot could not be told from)."""
     try:
         with open(BOOT_ID_FILE, encoding="ascii") as f:
-            return f.read().strip() or f"pid {os.getpid()}"
+            return f.read().strip() or None
     except (OSError, ValueError):
-        return f"pid {os.getpid()}"
+        return None
 
 
 class TimeSync:
@@ -46,14 +47,16 @@ class TimeSync:
     state.json, so that a restart of the lock in such a moment keeps it too)."""
 
     def __init__(self, synced_boot: str | None = None) -> None:
-        self.synced_boot = synced_boot if isinstance(synced_boot, str) else None
+        boot = boot_id()
+        # an earlier boot's (after a reboot), or anything else: nothing seen this boot yet
+        self.synced_boot = synced_boot if boot is not None and synced_boot == boot else None
 
     def __call__(self) -> bool:
         boot = boot_id()
         if clock_synchronized():
             self.synced_boot = boot
             return True
-        return self.synced_boot == boot
+        return boot is not None and self.synced_boot == boot
 
 
 @dataclasses.dataclass(frozen=True)

@@ -489,21 +489,60 @@ def test_a_box_that_shrank_to_a_face_behind_starts_its_own_track():
     assert b == a
 
 
-def test_a_track_not_found_in_a_detection_loses_its_votes():
+def test_a_track_two_detections_did_not_find_loses_its_votes():
     """A resident looks up once (one vote) and goes in; a stranger steps into the same spot before the track
-    times out.  Before, the stranger's track kept the resident's vote, and one lookalike frame opened."""
+    times out.  Before, the stranger's track kept the resident's vote, and one lookalike frame opened.  A
+    single miss (a face turned for a frame) keeps the votes: a resident does not start again."""
     lookalike = Match("resident", 0.75, "visitor", 0.3)
     d = make()
     ids, events = feed(d, [RESIDENT])
     assert events == []
-    d.observe(np.empty((0, 4)), 0.3)                        # nobody found: the resident has gone in
+    d.observe(np.empty((0, 4)), 0.2)                        # nobody found, twice: the resident has gone in
+    d.observe(np.empty((0, 4)), 0.3)
     ids2, events = feed(d, [lookalike], start=0.5)
     assert ids2 == ids and events == []                     # the same track (within 1.5 s), no door
     _, events = feed(d, [lookalike], start=0.6)
     assert kinds(events) == ["recognized"]                  # two votes of its own: as any track
-    d = make()                                              # found in every frame: votes add up as before
-    _, events = feed(d, [RESIDENT, RESIDENT])
+    d = make()
+    feed(d, [RESIDENT])
+    d.observe(np.empty((0, 4)), 0.1)                        # missed once (turned away for a frame)
+    _, events = feed(d, [RESIDENT], start=0.2)
     assert kinds(events) == ["recognized"]
+    d = make()
+    feed(d, [RESIDENT])
+    d.observe(np.empty((0, 4)), 0.1)                        # missed, found, missed: never twice in a row
+    feed(d, [None], start=0.2)
+    d.observe(np.empty((0, 4)), 0.3)
+    _, events = feed(d, [RESIDENT], start=0.4)
+    assert kinds(events) == ["recognized"]
+
+
+def test_someone_decided_who_steps_back_is_not_decided_again():
+    """Detection runs every 0.5 s for a decided face: stepping back more than 1.5x in area between two of
+    them split the track, and the resident was let in (the stranger reported) a second time."""
+    d = make(lockout_after=2)
+    near = np.array([[100, 100, 300, 300]], np.float32)
+    far = np.array([[130, 130, 270, 270]], np.float32)     # area / 2.04, IoU 0.49
+    ids, events = feed(d, [RESIDENT, RESIDENT], start=1.0, box=near)
+    assert kinds(events) == ["recognized"]
+    (b,) = d.observe(far, 1.5)
+    assert b != ids[-1] and not d.needs_embedding(b)        # a track of its own, already decided
+    d = make(lockout_after=2)
+    _, events = feed(d, [STRANGER] * 4, box=near)
+    assert kinds(events) == ["unknown"]
+    (b,) = d.observe(far, 0.9)
+    assert not d.needs_embedding(b)                         # no second unknown, no second lockout weight
+    (c,) = d.observe(far, 1.0)
+    assert c == b and not d.locked_out(1.0)
+
+
+def test_face_unlock_turned_off_while_the_frame_was_matched_decides_the_track_denied():
+    d = make()
+    feed(d, [RESIDENT])
+    (tid,) = d.observe(BOX, 0.1)
+    events = d.vote(tid, RESIDENT, 0.1, refuse="face_unlock_off")
+    assert kinds(events) == ["denied"] and events[0].detail == {"reason": "face_unlock_off"}
+    assert not d.needs_embedding(tid)
 
 
 def test_a_reload_that_raises_the_threshold_drops_the_votes_cast_under_the_old_one():

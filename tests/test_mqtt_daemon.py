@@ -210,6 +210,7 @@ def test_a_reload_puts_a_changed_code_in_force(tmp_path, mqtt_broker, mqtt_subsc
     with Running(d, stop_when_exhausted=False) as run:
         assert scenario.wait_until(lambda: d.mqtt.connected, 10)
         code.write_text("9876\n")                 # the owner changes the leaked code...
+        cfg.write_text("camera: [")               # (with config.yaml half-edited just then)
         d._reload.set()                           # ...and reloads (SIGHUP)
         assert scenario.wait_until(lambda: not d._reload.is_set(), 5)
         sub.publish(t.lock_command, json.dumps({"action": "UNLOCK", "code": "1111"}))
