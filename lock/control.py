@@ -243,7 +243,10 @@ def request(path: str, req: dict, *, timeout: float = 10.0) -> Iterator[dict]:
     except OSError as exc:
         raise ControlError(f"{path}: cannot reach the daemon: {exc}") from None
     with s:
-        s.sendall((json.dumps(req) + "\n").encode())
+        try:
+            s.sendall((json.dumps(req) + "\n").encode())
+        except OSError as exc:   # BrokenPipeError among them: lock/cli.py takes that one for its stdout
+            raise ControlError(f"{path}: the daemon closed the connection: {exc}") from None
         buf = b""
         while True:
             try:

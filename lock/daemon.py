@@ -178,6 +178,7 @@ class Daemon:
         self.decider = self.camera = self.control = None
         self.time_sync: TimeSync | None = None
         self._saved_synced_boot: str | None = None
+        self._sync_save_tried: str | None = None
 
     # --- bring-up and tear-down ---------------------------------------------
 
@@ -499,7 +500,8 @@ class Daemon:
             self._in_front[track_ids[at_door]] = (now, float(area[at_door]))
             for i, tid in enumerate(track_ids):
                 seen = [t_seen for t, (t_seen, a) in self._in_front.items()
-                        if t != tid and a >= OVERSHADOW_AREA_RATIO * area[i]]
+                        if t != tid and a >= OVERSHADOW_AREA_RATIO * area[i]
+                        and now - t_seen < s.decide.window_seconds]
                 if seen:   # held off for window_seconds after the larger face was last seen, not after now
                     self.decider.overshadow(tid, max(seen))
         # Faces behind are never decided: the detection rate follows the face at the door alone (and with
@@ -537,7 +539,9 @@ class Daemon:
             self._last_stats, self._stats_frames = now, self.stats.frames
         elif now - self._last_stats >= 10.0:
             self._publish_stats(now)
-            if self.time_sync is not None and self.time_sync() and self.time_sync.synced_boot != self._saved_synced_boot:
+            if (self.time_sync is not None and self.time_sync()
+                    and self.time_sync.synced_boot not in (self._saved_synced_boot, self._sync_save_tried)):
+                self._sync_save_tried = self.time_sync.synced_boot   # once: a state.json it cannot write is logged once
                 # seen now, not only when someone with a schedule comes: a later restart of timesyncd
                 # (an upgrade) with no time server in reach must not take it back, nor a restart of the lock
                 log.info("the clock has been set from a time server: schedules are kept")

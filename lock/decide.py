@@ -106,6 +106,8 @@ class _Track:
     voted: set[str] = dataclasses.field(default_factory=set)  # everyone it ever voted for (lockout attribution)
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
     missed: int = 0                  # detections in a row that did not find it
+    decided_for: str | None = None   # the person of its decision
+    stepped_back_from: tuple[str, str | None] | None = None  # (decision, person) of the track it split from
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
@@ -177,9 +179,9 @@ class Decider:
         ``track_timeout_seconds`` end first.  A track that MISSES_DROP_VOTES
         detections in a row did not find keeps its id until then but loses its
         votes.  A box split off by the shrink rule from a decided track that this
-        detection did not find (someone let in, or reported, who stepped back)
-        keeps that decision on its new track: not decided, let in, or counted
-        towards a lockout a second time.
+        detection did not find is decided afresh, but a decision it repeats (the
+        same person let in, or `unknown` again: someone who stepped back) is
+        taken silently: no second unlock, no second count towards a lockout.
         """
         now = self._clock() if now is None else now
         s = self.settings
@@ -220,9 +222,7 @@ class Decider:
                 self._next_id += 1
                 stepped_back = [t for j, t in enumerate(tracks) if near[i, j] and shrunk[i, j] and t.decision is not None and t.id not in found]
                 if stepped_back:
-                    track.decision = stepped_back[0].decision
-                    log.debug("track %d: %s as track %d, which it stepped back from", track.id, track.decision,
-                              stepped_back[0].id)
+                    track.stepped_back_from = (stepped_back[0].decision, stepped_back[0].decided_for)
             else:
                 track = self._tracks[ids[i]]
                 track.box = box.copy()
@@ -327,7 +327,7 @@ class Decider:
             private.update(score=round(track.best.score, 4), closest=track.best.person)
         events = self._decide(track, Event.now(UNKNOWN, clock=self._wall, private=private,
                                                frames=track.embedded))
-        return events + self._count_unknown(now)
+        return events + self._count_unknown(now) if events else []
 
     def ended_events(self) -> list[Event]:
         """Events raised by tracks that ended in :meth:`observe` (a lockout), once each."""
@@ -357,8 +357,17 @@ class Decider:
             events.append(Event.now(LOCKOUT, clock=self._wall, seconds=seconds))
         return events
 
+    def _repeats(self, track: _Track, kind: str, person: str | None) -> bool:
+        """The decision the track it stepped back from had (taken silently; see observe())."""
+        return track.stepped_back_from == (kind, person)
+
     def _decide(self, track: _Track, event: Event) -> list[Event]:
         track.decision = event.kind
+        track.decided_for = event.person
+        if self._repeats(track, event.kind, event.person):
+            log.info("track %d: %s %s again, after stepping back: not announced again", track.id, event.kind,
+                     event.person or "")
+            return []
         log.info("track %d: %s %s %s", track.id, event.kind, event.person or "", dict(event.detail))
         return [event]
 

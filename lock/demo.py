@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,8 +54,9 @@ def demo(config_path: str | None, *, photos: str | None = None, fps: float = 10.
     root = Path(photos) if photos else default_photos()
     if keep:
         work = Path(keep).resolve()
-        if work.exists() and any(work.iterdir()):
-            print(f"error: --keep {keep}: the folder is not empty (give a new or empty one)")
+        if work.exists() and (not work.is_dir() or any(work.iterdir())):
+            print(f"error: --keep {keep}: {'not a folder' if not work.is_dir() else 'the folder is not empty'} "
+                  "(give a new or empty folder)", file=sys.stderr)
             return 2
         work.mkdir(parents=True, exist_ok=True)
         return _run(base, root, work, fps, kept=True)

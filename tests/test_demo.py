@@ -48,7 +48,9 @@ def test_the_demo_keeps_its_recording_for_lock_run(tmp_path, photos, capsys):
     assert f"kept in {kept}" in out and "camera.path: " + str(kept / "frames") in out
     assert len(list((kept / "frames").glob("*.jpg"))) == 80 and (kept / "gallery.db").is_file()
     assert demo(None, photos=str(photos.root), keep=str(kept)) == 2          # never over an earlier one
-    assert "the folder is not empty" in capsys.readouterr().out
+    assert "the folder is not empty" in capsys.readouterr().err
+    assert demo(None, photos=str(photos.root), keep=str(kept / "gallery.db")) == 2
+    assert "not a folder" in capsys.readouterr().err
     s = scenario.settings(tmp_path / "run", kept / "frames", camera={"fps": 10},
                           gallery={"path": str(kept / "gallery.db")})
     (tmp_path / "run").mkdir()
