@@ -103,3 +103,28 @@ def test_a_reader_that_stops_early_is_no_error(photos):
     err = a.stderr.read().decode()
     assert a.wait(timeout=300) == 0 and head.stdout.endswith("face(s)\n")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_control_socket_closed_under_the_request_is_an_error_not_a_quiet_success(tmp_path):
+    """The BrokenPipeError of a closed stdout is no error (lock ... | head); one from the control socket is:
+    `lock unlock` printed nothing and exited 0 when the daemon closed the connection first (re-check)."""
+    import socket
+    import threading
+
+    from lock.control import request
+    from lock.errors import ControlError
+    path = str(tmp_path / "control.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def hang_up():
+        conn, _ = server.accept()
+        conn.close()
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    with pytest.raises(ControlError, match="closed the connection"):
+        list(request(path, {"cmd": "unlock", "pad": "x" * 4_000_000}, timeout=5.0))   # more than a socket buffer
+    t.join(5)
+    server.close()

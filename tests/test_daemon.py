@@ -924,3 +924,23 @@ def test_a_resident_who_steps_back_is_held_off_by_their_own_face_for_window_seco
         assert len(let_in) == 1 and 1003.0 <= let_in[0] <= 1003.6, let_in
     finally:
         d.close()
+
+
+def test_a_resident_stepping_back_with_a_short_window_is_let_in_not_reported(tmp_path, pipe, people):
+    """decide.window_seconds below track_timeout_seconds: the larger face's entry outlived the hold, and every
+    detection dropped the smaller face's votes, so the resident was reported unknown (re-check)."""
+    from lock.scenes import background
+    a = people["a"]
+    s = scenario.settings(tmp_path, decide={"window_seconds": 1.0, "track_timeout_seconds": 1.5})
+    enroll(pipe, s, a, people["train"][a][:6])
+    scene = background(scenario.SIZE, 1)
+    near = _at(scene, people["val"][a][0], 280, (320, 250))
+    back = _at(scene, people["val"][a][0], 170, (320, 240))
+    d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera()).open()
+    try:
+        d.process(near, now=1000.0)
+        raised = [(t, e.kind) for k in range(1, 40) for t in [1000.0 + 0.1 * k] for e in d.process(back, now=t)]
+        assert [kind for _, kind in raised] == [ev.RECOGNIZED], raised
+        assert 1001.0 <= raised[0][0] <= 1001.6
+    finally:
+        d.close()
