@@ -181,7 +181,8 @@ class Decider:
         votes.  A box split off by the shrink rule from a decided track that this
         detection did not find is decided afresh, but a decision it repeats (the
         same person let in, or `unknown` again: someone who stepped back) is
-        taken silently: no second unlock, no second count towards a lockout.
+        not announced again: no second unlock (an `unknown` again still counts
+        towards the lockout: its frames were matched against the gallery again).
         """
         now = self._clock() if now is None else now
         s = self.settings
@@ -327,7 +328,9 @@ class Decider:
             private.update(score=round(track.best.score, 4), closest=track.best.person)
         events = self._decide(track, Event.now(UNKNOWN, clock=self._wall, private=private,
                                                frames=track.embedded))
-        return events + self._count_unknown(now) if events else []
+        # counted even when not announced again: each new track of a face that keeps stepping back is
+        # matched against the gallery again, a try like any other
+        return events + self._count_unknown(now)
 
     def ended_events(self) -> list[Event]:
         """Events raised by tracks that ended in :meth:`observe` (a lockout), once each."""
