@@ -221,7 +221,8 @@ class Decider:
                 track = self._tracks[self._next_id] = _Track(self._next_id, box.copy(), now, now)
                 log.debug("track %d started at %s", self._next_id, box.tolist())
                 self._next_id += 1
-                stepped_back = [t for j, t in enumerate(tracks) if near[i, j] and shrunk[i, j] and t.decision is not None and t.id not in found]
+                stepped_back = [t for j, t in enumerate(tracks)   # (no tracks: near/shrunk never read)
+                                if near[i, j] and shrunk[i, j] and t.decision is not None and t.id not in found]
                 if stepped_back:
                     track.stepped_back_from = (stepped_back[0].decision, stepped_back[0].decided_for)
             else:
