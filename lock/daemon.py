@@ -177,8 +177,7 @@ class Daemon:
         self.door = self.gallery = self.audit = self.mqtt = self.pipeline = None
         self.decider = self.camera = self.control = None
         self.time_sync: TimeSync | None = None
-        self._saved_synced_boot: str | None = None
-        self._sync_save_tried: str | None = None
+        self._synced_boot_noted: str | None = None   # the sighting state.json holds, or a save was tried for
 
     # --- bring-up and tear-down ---------------------------------------------
 
@@ -210,7 +209,7 @@ class Daemon:
             state = self._load_state()
             self._face_unlock = state.get("face_unlock", True)
             self.time_sync = TimeSync(state.get("time_synced_boot"))
-            self._saved_synced_boot = self.time_sync.synced_boot   # what state.json holds for this boot
+            self._synced_boot_noted = self.time_sync.synced_boot
             self.decider = Decider(s.decide, s.match, schedules=self.gallery.schedule, clock=self.clock,
                                    time_synced=self.time_sync)
             self.decider.restore_lockout(state.get("lockout") or {})
@@ -301,7 +300,6 @@ class Daemon:
                         f.flush()
                         os.fsync(f.fileno())   # the new state on disk before it replaces the old one
                     os.replace(tmp, p)
-                    self._saved_synced_boot = synced_boot
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
@@ -540,8 +538,8 @@ class Daemon:
         elif now - self._last_stats >= 10.0:
             self._publish_stats(now)
             if (self.time_sync is not None and self.time_sync()
-                    and self.time_sync.synced_boot not in (self._saved_synced_boot, self._sync_save_tried)):
-                self._sync_save_tried = self.time_sync.synced_boot   # once: a state.json it cannot write is logged once
+                    and self.time_sync.synced_boot != self._synced_boot_noted):
+                self._synced_boot_noted = self.time_sync.synced_boot   # once: a failed save is logged once
                 # seen now, not only when someone with a schedule comes: a later restart of timesyncd
                 # (an upgrade) with no time server in reach must not take it back, nor a restart of the lock
                 log.info("the clock has been set from a time server: schedules are kept")
