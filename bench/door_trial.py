@@ -179,6 +179,7 @@ class Walk:
     path: Path
     seed: int
     frames: list = dataclasses.field(default_factory=list)  # (t, boxes | None, [Match | None | SKIP], subject)
+    embeddings: list = dataclasses.field(default_factory=list)  # per frame: [embedding | None] per face
     recognized: list = dataclasses.field(default_factory=list)  # (person, frame number) from the daemon
     relay: bool = False             # the relay was energised after the walk-up
     kinds: list = dataclasses.field(default_factory=list)   # event kinds raised
@@ -233,26 +234,29 @@ def run_walk(d, rec: Recorder, matcher, frames: list[np.ndarray], scene: np.ndar
             walk.relay = True
         if rec.faces is None:          # the change gate skipped this frame
             walk.frames.append((t, None, [], -1))
+            walk.embeddings.append([])
             continue
         faces = rec.faces
         ids = shadow.observe(faces.boxes, t)
-        matches = []
+        matches, embeddings = [], []
         for i, tid in enumerate(ids):
-            need = shadow.needs_embedding(tid)
+            need = shadow.needs_embedding(tid, t)
             a = rec.analysed.get(i)
             if a is None and need:
                 a = rec.analyse(img, faces, i)   # the daemon's track is decided; the replays may need it
+            embeddings.append(None if a is None else a.embedding)
             if a is None:
                 matches.append(SKIP)
                 continue
             m = matcher.match(a.embedding) if a.embedding is not None else None
             matches.append(m)
             if need:
-                shadow.vote(tid, m, t)
+                shadow.vote(tid, m, t, embedding=a.embedding)
         boxes = np.array(faces.boxes, np.float32).reshape(-1, 4)
         walk.frames.append((t, boxes, matches, subject_face(img, scene, boxes)))
+        walk.embeddings.append(embeddings)
         # Decided in the shadow (K matched frames) implies decided in the daemon (unknown_after <= K).
-        if ids and not any(shadow.needs_embedding(tid) for tid in ids):
+        if ids and not any(shadow.unsettled(tid) for tid in ids):
             break
     if d.door.state == "UNLOCKED":
         d.door.lock()
@@ -266,18 +270,20 @@ def replay(walk: Walk, decide: DecideSettings, match: MatchSettings) -> list[tup
         return []                   # no frame can vote: nothing to replay
     dec = Decider(decide, match, clock=lambda: 0.0, wall=lambda: 0.0)
     out = []
-    for k, (t, boxes, matches, subject) in enumerate(walk.frames, 1):
+    for k, ((t, boxes, matches, subject), embeddings) in enumerate(zip(walk.frames, walk.embeddings), 1):
         if boxes is None:
             continue
         ids = dec.observe(boxes, t)
         for i, tid in enumerate(ids):
-            if not dec.needs_embedding(tid):
+            if not dec.needs_embedding(tid, t):
                 continue
             m = matches[i]
             if m is SKIP:
+                if dec.decided(tid):
+                    continue            # a decided face's check that the daemon did not make here
                 raise RuntimeError(f"replay needs a frame that was not recorded ({walk.photo}, frame {k}); "
                                    "raise --replay-frames")
-            for e in dec.vote(tid, m, t):
+            for e in dec.vote(tid, m, t, embedding=embeddings[i]):
                 if e.kind == ev.RECOGNIZED:
                     out.append((e.person, k, i == subject))
     return out
@@ -432,6 +438,7 @@ def run_seed(base: Settings, seed: int, everyone: dict[str, list[Path]], args, s
         stats["frames"] += d.stats.frames
         stats["detections"] += d.stats.detections
         stats["embeddings"] += d.stats.embeddings
+        stats["face_changes"] += d.decider.face_changes
 
         stats["model_hash"] = d.pipeline.model_hash
         if lockout_check:
@@ -601,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds {seeds}; ~{per_seed} impostors per seed; threshold {m.threshold}, margin {m.margin}, "
         f"votes {dd.votes}, window {dd.window_seconds} s, unknown_after {dd.unknown_after}")
     stats = {"done": 0, "planned": (per_seed + 45) * len(seeds), "t0": time.perf_counter(),
-             "frames": 0, "detections": 0, "embeddings": 0}
+             "frames": 0, "detections": 0, "embeddings": 0, "face_changes": 0}
     walks: list[Walk] = []
     lock_report = None
     done: dict[int, dict] = {}      # seed → {"walks", "lockout", "stats"}: the checkpoint
@@ -643,8 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     t_replay = time.perf_counter()
     daemon = score(walks, lambda w: replay(w, base.decide, base.match))
     relay_mismatch = sum(1 for w in walks if w.relay != bool(w.recognized))
-    replay_mismatch = sum(1 for w in walks
-                          if [(p, k) for p, k, _ in replay(w, base.decide, base.match)] != w.recognized)
+    mismatched = [(w, [(p, k) for p, k, _ in replay(w, base.decide, base.match)]) for w in walks]
+    mismatched = [(w, got) for w, got in mismatched if got != w.recognized]
+    replay_mismatch = len(mismatched)
     table = []
     for dset, mset in grid(base, args):
         r = score(walks, lambda w: replay(w, dset, mset))
@@ -693,9 +701,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({daemon['mean_frames_to_unlock'] / args.fps if daemon['mean_frames_to_unlock'] else 0:.2f} s "
           f"at {args.fps:g} fps)")
     print(f"checks: relay energised exactly when `recognized` was raised: {len(walks) - relay_mismatch}/{len(walks)}; "
-          f"replay of the configured settings = daemon: {len(walks) - replay_mismatch}/{len(walks)}")
+          f"replay of the configured settings = daemon: {len(walks) - replay_mismatch}/{len(walks)}"
+          + "".join(f"\n    seed {w.seed} {w.kind} {w.photo}: daemon {w.recognized}, replay {got}"
+                    for w, got in mismatched[:10]))
     print(f"cost: {stats['frames']} frames, {stats['detections']} detections, {stats['embeddings']} daemon "
-          f"embeddings; {elapsed / 60:.1f} min ({elapsed / max(1, len(walks)) * 1e3:.0f} ms per walk-up); "
+          f"embeddings, {stats['face_changes']} tracks that changed face (lock/decide.py SAME_FACE: each walk-up "
+          f"is one photo, so every one is one face taken for two); {elapsed / 60:.1f} min "
+          f"({elapsed / max(1, len(walks)) * 1e3:.0f} ms per walk-up); "
           f"replays {t_replay:.0f} s")
     print("trade-off (replayed through fresh Deciders; false unlocks of "
           f"{len(imp)} impostor walk-ups, FRR of {len(gen)} genuine):")

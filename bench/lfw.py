@@ -12,7 +12,10 @@ Prints, for the int8 models and (in the same run) the float reference:
   the images, and the cosine threshold at each, with the identity-balanced TAR
   (one person owns a large share of the genuine pairs);
 - detection failures (faces not found; those images fall back to a fixed
-  centre alignment so that every pair is scored).
+  centre alignment so that every pair is scored);
+- over all those pairs, at each candidate similarity: how many of one
+  person's photo pairs fall below it and how many of two people's reach it
+  (how lock/decide.py's SAME_FACE was chosen).
 The last line is one JSON object with those figures.
 """
 
@@ -36,6 +39,7 @@ from lock.vision.pipeline import FacePipeline, main_face  # noqa: E402
 from lock.vision.runtime import Runtime  # noqa: E402
 
 FARS = (1e-3, 1e-4, 1e-5)
+SAME_FACE_CANDIDATES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 # Landmarks of an average deep-funneled LFW face (250x250), for images where
 # no face is found: the faces there are centred by construction.
 LFW_FALLBACK = np.array([[106.5, 115.0], [143.5, 114.0], [125.0, 137.0], [109.0, 157.0], [141.0, 156.0]],
@@ -120,6 +124,12 @@ def tar_at_far(emb: np.ndarray, ids: np.ndarray) -> dict:
         acc = gen > thr
         out[f"{far:g}"] = {"threshold": round(thr, 4), "tar": round(float(acc.mean()), 5),
                            "tar_balanced": round(float((acc * w).sum() / w.sum()), 5)}
+    # lock/decide.py's SAME_FACE: below it, a track's new embedding is another face (someone stepped into
+    # the spot).  Two photos of one person (other years, cameras) are a hard case of "the same face"; two
+    # frames a tenth of a second apart differ far less.
+    out["same_face"] = {f"{t:g}": {"genuine_below": round(float((gen < t).mean()), 5),
+                                   "impostor_at_or_above": round(float((imp >= t).mean()), 6)}
+                        for t in SAME_FACE_CANDIDATES}
     return out
 
 
@@ -148,6 +158,10 @@ def show(label: str, r: dict) -> None:
         f = r[f"{far:g}"]
         print(f"  FAR {far:g}: TAR {100 * f['tar']:.2f} % (identity-balanced {100 * f['tar_balanced']:.2f} %), "
               f"threshold {f['threshold']:.4f}, FRR {100 * (1 - f['tar']):.2f} %")
+    print("a track's face changed below this similarity (lock/decide.py SAME_FACE): one person's two photos "
+          "taken as two faces / two people's photos taken as one face")
+    for t, f in r["same_face"].items():
+        print(f"  {t}: {100 * f['genuine_below']:.2f} % / {100 * f['impostor_at_or_above']:.3f} %")
 
 
 def main() -> int:

@@ -182,6 +182,7 @@ def run_rate(fps: float, args, train, val) -> dict:
     stats = d.stats
     out = {"fps": fps, "walkups": len(firsts), "unlocked": len(lat_s), "missed": missed,
            "frames": len(frames), "frames_processed": stats.frames, "detections": stats.detections,
+           "embeddings": stats.embeddings, "face_changes": d.decider.face_changes,
            "frames_dropped_by_camera": cam.frames_dropped}
     if lat_s:
         out.update(median_s=round(float(np.median(lat_s)), 3), p90_s=round(float(np.percentile(lat_s, 90)), 3),
@@ -237,7 +238,8 @@ def main() -> int:
               f"p90 {all_text(r['p90_all_frames'], '', 'g')}"
               + ("  (p90 not reached: more than 10 % missed)" if r["p90_all_s"] is None else ""))
         print(f"   {r['frames']} frames replayed, {r['frames_processed']} processed, {r['detections']} detections, "
-              f"{r['frames_dropped_by_camera']} dropped (the daemon was busy)", flush=True)
+              f"{r['embeddings']} embeddings, {r['frames_dropped_by_camera']} dropped (the daemon was busy); "
+              f"{r['face_changes']} tracks taken to have changed face (each walk-up is one person)", flush=True)
     print(json.dumps(results))
     return 0
 

@@ -1,7 +1,8 @@
 """The daemon: the only place that wires camera, vision, gallery, decision, door and events.
 
 One loop: take the newest frame → (change gate) → detect → track → for faces
-of undecided tracks: align, quality, embed, match → decide → door and events.
+of undecided tracks (and twice a second for decided ones: still the same
+face?): align, quality, embed, match → decide → door and events.
 Around it: the control socket, sd_notify (READY once frames flow, WATCHDOG
 only while they do), signals (TERM/INT stop, HUP reloads the config), and the
 MQTT bridge.  Whatever way the process leaves, the relay is turned off first.
@@ -502,13 +503,9 @@ class Daemon:
                         and now - t_seen < s.decide.window_seconds]
                 if seen:   # held off for window_seconds after the larger face was last seen, not after now
                     self.decider.overshadow(tid, max(seen))
-        # Faces behind are never decided: the detection rate follows the face at the door alone (and with
-        # face unlock off nothing is decided: the tracks only need keeping alive).
         deciding = self._face_unlock and not self._enrolling
-        self._all_decided = (not deciding or at_door is None
-                             or not self.decider.needs_embedding(track_ids[at_door]))
         for i, tid in enumerate(track_ids):
-            if (i != at_door or not deciding or not self.decider.needs_embedding(tid)
+            if (i != at_door or not deciding or not self.decider.needs_embedding(tid, now)
                     or self.decider.overshadowed(tid, now)):
                 continue
             a = self.pipeline.analyse(image, faces, i)
@@ -518,7 +515,7 @@ class Daemon:
                 match = self._matcher.match(a.embedding)
             with self._deciding_lock:   # face unlock may have been turned off since this frame began
                 off = "face_unlock_off" if not self._face_unlock else "enrolling" if self._enrolling else None
-                decided = self.decider.vote(tid, match, now, refuse=off)
+                decided = self.decider.vote(tid, match, now, refuse=off, embedding=a.embedding)
                 if any(e.kind == ev.RECOGNIZED for e in decided):
                     self.door.unlock("face")  # before the event: its subscribers (audit: fsync) never delay the click
             for e in decided:
@@ -529,6 +526,11 @@ class Daemon:
                 if e.kind == ev.UNKNOWN and s.mqtt.unknown_image:
                     from lock.imageio import encode_jpeg
                     self.bus.publish(ev.Event.now(ev.UNKNOWN_FACE_IMAGE, jpeg=encode_jpeg(a.aligned)))
+        # Faces behind are never decided: the detection rate follows the face at the door alone (and with
+        # face unlock off nothing is decided: the tracks only need keeping alive).  Taken after the votes: a
+        # decided face with a frame of another face held, or found to be another one, needs every frame.
+        self._all_decided = (not deciding or at_door is None
+                             or not self.decider.unsettled(track_ids[at_door]))
         self.stats.latency_ms = (time.perf_counter() - t0) * 1e3
         return raised
 

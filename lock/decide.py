@@ -7,9 +7,9 @@ only feeds schedules.  The daemon calls, per processed frame::
 
     ids = decider.observe(boxes, now)             # one track id per box
     for box, tid in zip(boxes, ids):
-        if decider.needs_embedding(tid):
-            match = ...                           # gallery.match(...), or None if quality/liveness failed
-            events += decider.vote(tid, match, now)
+        if decider.needs_embedding(tid, now):
+            embedding, match = ...                # gallery.match(...); None, None if quality/liveness failed
+            events += decider.vote(tid, match, now, embedding=embedding)
 
 Choices worth knowing:
 
@@ -18,7 +18,24 @@ Choices worth knowing:
   raises ``unknown`` after ``unknown_after`` embedded frames.  (A tracker
   swapping faces, or a morphed photo, should not open the door.)
 * A track is decided once it raised ``recognized``, ``denied`` or
-  ``unknown``; it then needs no more embeddings and raises nothing more.
+  ``unknown``; it then needs an embedding only every CHECK_SECONDS (and
+  when it is found again after a missed detection), to check that it still
+  follows the same face.
+* Another face in a track's spot (someone stepped in between two
+  detections): two embedded frames in a row that score below SAME_FACE
+  against the track's face, and at or above it against each other.  The
+  track then starts again, decided afresh; the earlier face's frames count
+  as an ended track's (not as the new face's person's).  A single frame
+  unlike the face so far (a hand over it, a blur) is held aside until the
+  next embedded frame says whose it is: then it counts, as the new face's
+  first frame or as a poor frame of the face before (a vote, or a vote for
+  another person that makes the track conflicted, as any frame).
+* A track remembers the decisions taken in its spot while it lives, through
+  such restarts and the shrink rule of :meth:`Decider.observe`: the same
+  person let in (or denied) again there is not announced again, so nobody
+  is let in twice for one arrival; ``unknown`` again is not announced again
+  for a face like the one reported (``SAME_FACE``), but is for another
+  face.  Either way an ``unknown`` counts towards the lockout.
 * Lockout: ``lockout_after`` unknown tracks within ``lockout_window_seconds``
   suspend face unlock for ``lockout_seconds``, doubling with each further
   lockout up to ``lockout_max_seconds``.  Unknowns keep counting while locked
@@ -90,6 +107,15 @@ OVERSHADOW_AREA_RATIO = 1.5
 # someone else (a resident who looked up once and went in, a stranger stepping into the spot).  One miss
 # is kept: a face is often missed for a frame (turned, blurred), and a resident should not start again.
 MISSES_DROP_VOTES = 2
+# Two embeddings of one track scoring below this are two faces (cosine of unit FaceNet embeddings).  From
+# `bench/lfw.py` on lfw-dev (all pairs of its 5,373 images): 1.1 % of one person's photo pairs (years and
+# cameras apart: far more than two frames) score below 0.5, and 0.14 % of two people's pairs reach it (at 0.4:
+# 0.24 % and 0.88 %).  A swap it misses is as before this check: the track goes on with the old face's votes
+# or decision.
+SAME_FACE = 0.5
+# A decided track is embedded again at most this often, to check it still follows the same face.  At the
+# detection rate for decided tracks (config.DECIDED_DETECT_SECONDS) that is each detection.
+CHECK_SECONDS = 0.5
 
 
 @dataclasses.dataclass
@@ -107,7 +133,13 @@ class _Track:
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
     missed: int = 0                  # detections in a row that did not find it
     decided_for: str | None = None   # the person of its decision
-    stepped_back_from: tuple[str, str | None] | None = None  # (decision, person) of the track it split from
+    # (decision, person, face embedding) of every decision taken in its spot while it lives, its own and
+    # those of the faces before it there (a restart for another face, the shrink rule): see _repeats()
+    taken: list[tuple[str, str | None, np.ndarray | None]] = dataclasses.field(default_factory=list)
+    face: np.ndarray | None = None   # its last embedding (unit, 128)
+    face_at: float = float("-inf")   # when that was taken
+    missed_since_face: bool = False  # a detection did not find it since then
+    held: tuple[np.ndarray, Match, float] | None = None  # a frame unlike its face: (embedding, match, time)
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
@@ -155,6 +187,7 @@ class Decider:
         self._lockout_level = 0      # lockouts since the last reset; the next lasts base * 2**level
         self._lockout_seconds = 0.0  # length of the last lockout engaged
         self._ended: list[Event] = []  # raised by tracks that ended in observe(); see ended_events()
+        self.face_changes = 0          # tracks found to follow another face (SAME_FACE), for benchmarks
 
     def reconfigure(self, settings: DecideSettings, match: MatchSettings) -> None:
         """New settings (SIGHUP): tracks, recent unknowns and any lockout carry on.
@@ -189,13 +222,7 @@ class Decider:
         for track in [t for t in self._tracks.values() if now - t.last_seen > s.track_timeout_seconds]:
             log.debug("track %d ended", track.id)
             del self._tracks[track.id]
-            if track.decision is None and track.embedded:
-                weight = track.embedded / s.unknown_after
-                voted_for = next(iter(track.voted)) if len(track.voted) == 1 else None
-                log.info("track %d ended undecided after %d embedded frame(s) (%d with a vote): %.2f of an "
-                         "unknown towards the lockout", track.id, track.embedded,
-                         sum(len(v) for v in track.votes.values()), weight)
-                self._ended += self._count_unknown(now, weight, voted_for)
+            self._ended += self._count_partial(track, now)
 
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         tracks = list(self._tracks.values())
@@ -222,9 +249,9 @@ class Decider:
                 log.debug("track %d started at %s", self._next_id, box.tolist())
                 self._next_id += 1
                 stepped_back = [t for j, t in enumerate(tracks)   # (no tracks: near/shrunk never read)
-                                if near[i, j] and shrunk[i, j] and t.decision is not None and t.id not in found]
+                                if near[i, j] and shrunk[i, j] and t.taken and t.id not in found]
                 if stepped_back:
-                    track.stepped_back_from = (stepped_back[0].decision, stepped_back[0].decided_for)
+                    track.taken = list(stepped_back[0].taken)
             else:
                 track = self._tracks[ids[i]]
                 track.box = box.copy()
@@ -233,15 +260,35 @@ class Decider:
         for track in tracks:
             if track.id not in found:
                 track.missed += 1
+                track.missed_since_face = True
                 if track.missed >= MISSES_DROP_VOTES and track.votes:
                     log.debug("track %d not found %d times: its votes are dropped", track.id, track.missed)
                     track.votes.clear()
         return [int(i) for i in ids]
 
-    def needs_embedding(self, track_id: int) -> bool:
-        """True while the track is live and undecided (embedding is the costly step)."""
+    def needs_embedding(self, track_id: int, now: float | None = None) -> bool:
+        """True while the track is live and undecided (embedding is the costly step), and for a decided
+        track when the check that it still follows the same face is due: CHECK_SECONDS after its last
+        embedding, or at once when it is found after a detection missed it."""
         track = self._tracks.get(track_id)
-        return track is not None and track.decision is None
+        if track is None:
+            return False
+        if track.decision is None:
+            return True
+        if track.face is None:   # never given an embedding: nothing to check against
+            return False
+        now = self._clock() if now is None else now
+        return track.held is not None or track.missed_since_face or now - track.face_at >= CHECK_SECONDS
+
+    def decided(self, track_id: int) -> bool:
+        track = self._tracks.get(track_id)
+        return track is not None and track.decision is not None
+
+    def unsettled(self, track_id: int) -> bool:
+        """True while the track is live and undecided, or decided with a frame of another face held: the
+        daemon then detects every frame."""
+        track = self._tracks.get(track_id)
+        return track is not None and (track.decision is None or track.held is not None)
 
     def overshadow(self, track_id: int, now: float | None = None) -> None:
         """A larger face is in view (``now``: when it was last seen): this one is not at the door.  Its votes
@@ -261,19 +308,43 @@ class Decider:
     # -- votes ----------------------------------------------------------------
 
     def vote(self, track_id: int, match: Match | None, now: float | None = None,
-             refuse: str | None = None) -> list[Event]:
+             refuse: str | None = None, embedding: np.ndarray | None = None) -> list[Event]:
         """Count one frame of a track; return the events it decides (often none).
 
         ``match`` is None for a face that failed the quality or liveness
         gate: it counts for nothing, not even towards ``unknown``.  ``refuse``:
         why a person recognized now may not be let in (face unlock turned off
         while this frame was matched): the track is decided DENIED with it.
+        ``embedding``: the face's (unit) embedding the match was made from;
+        without it the track is not checked for a change of face.
         """
         now = self._clock() if now is None else now
         track = self._tracks.get(track_id)
         if track is None:
             raise KeyError(f"no track {track_id}: observe() ended it or never started it")
-        if track.decision is not None or match is None or now < track.overshadowed_until:
+        if match is None or now < track.overshadowed_until:
+            return []
+        events: list[Event] = []
+        if embedding is not None:
+            e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+            held, track.held = track.held, None
+            if track.face is not None and float(track.face @ e) < SAME_FACE:
+                if held is None or float(held[0] @ e) < SAME_FACE:
+                    log.debug("track %d: a frame unlike its face (%.2f): held", track.id, float(track.face @ e))
+                    track.held = (e, match, now)
+                    # one before that was not confirmed either: the track's own after all, as below
+                    return [] if held is None else self._count(track, held[1], held[2], refuse)
+                track, events = self._another_face(track, float(track.face @ e), now)
+                track.face = held[0]
+            # the held frame was the new face's first or, the face being the same again, one poor frame of it
+            if held is not None:
+                events += self._count(track, held[1], held[2], refuse)
+            track.face, track.face_at, track.missed_since_face = e, now, False
+        return events + self._count(track, match, now, refuse)
+
+    def _count(self, track: _Track, match: Match, now: float, refuse: str | None) -> list[Event]:
+        """One matched frame of an undecided track: its vote, and the decision it may bring."""
+        if track.decision is not None:
             return []
         s, m = self.settings, self.match_settings
         track.embedded += 1
@@ -299,6 +370,30 @@ class Decider:
         if track.embedded >= s.unknown_after:
             return self._unknown(track, now)
         return []
+
+    def _another_face(self, track: _Track, similarity: float, now: float) -> tuple[_Track, list[Event]]:
+        """The track's face is not the one it followed: it starts again, under the same id (the daemon's
+        face-at-the-door memory stays with the box), remembering the decisions taken in its spot.  An
+        undecided face before counts as an ended track, not attributed to anyone: it was not whoever the
+        next face turns out to be."""
+        log.info("track %d: another face (similarity %.2f to the one before): decided afresh",
+                 track.id, similarity)
+        self.face_changes += 1
+        fresh = _Track(track.id, track.box, now, track.last_seen, overshadowed_until=track.overshadowed_until,
+                       taken=list(track.taken))
+        self._tracks[track.id] = fresh
+        return fresh, self._count_partial(track, now, attribute=False)
+
+    def _count_partial(self, track: _Track, now: float, attribute: bool = True) -> list[Event]:
+        """A track that ended undecided counts towards the lockout by its embedded frames (module doc)."""
+        if track.decision is not None or not track.embedded:
+            return []
+        weight = track.embedded / self.settings.unknown_after
+        voted_for = next(iter(track.voted)) if attribute and len(track.voted) == 1 else None
+        log.info("track %d ended undecided after %d embedded frame(s) (%d with a vote): %.2f of an "
+                 "unknown towards the lockout", track.id, track.embedded,
+                 sum(len(v) for v in track.votes.values()), weight)
+        return self._count_unknown(now, weight, voted_for)
 
     def _accept(self, track: _Track, person: str, score: float, now: float,
                 refuse: str | None = None) -> list[Event]:
@@ -362,14 +457,19 @@ class Decider:
         return events
 
     def _repeats(self, track: _Track, kind: str, person: str | None) -> bool:
-        """The decision the track it stepped back from had (taken silently; see observe())."""
-        return track.stepped_back_from == (kind, person)
+        """Was this decision taken in the track's spot already (module doc)?  For ``unknown``, only for a
+        face like the one reported then."""
+        return any(k == kind and p == person
+                   and (kind != UNKNOWN or f is None or track.face is None or float(f @ track.face) >= SAME_FACE)
+                   for k, p, f in track.taken)
 
     def _decide(self, track: _Track, event: Event) -> list[Event]:
         track.decision = event.kind
         track.decided_for = event.person
-        if self._repeats(track, event.kind, event.person):
-            log.info("track %d: %s %s again, after stepping back: not announced again", track.id, event.kind,
+        repeated = self._repeats(track, event.kind, event.person)
+        track.taken.append((event.kind, event.person, track.face))
+        if repeated:
+            log.info("track %d: %s %s again in the same spot: not announced again", track.id, event.kind,
                      event.person or "")
             return []
         log.info("track %d: %s %s %s", track.id, event.kind, event.person or "", dict(event.detail))

@@ -929,3 +929,33 @@ def test_a_resident_who_steps_back_is_held_off_by_their_own_face_for_window_seco
         assert first <= raised[0][0] <= last
     finally:
         d.close()
+
+
+def test_someone_stepping_into_the_spot_of_a_decided_face_is_decided_afresh(tmp_path, pipe, people):
+    """Real faces, one after the other in the same spot with no detection between them finding it empty:
+    the decided track went on unchecked, so a resident right after a reported stranger stood at the door
+    and was never let in, and a stranger right after a resident was never reported."""
+    from lock.scenes import background
+    a, stranger = people["a"], people["stranger"]
+    s = scenario.settings(tmp_path)
+    enroll(pipe, s, a, people["train"][a][:6])
+    scene = background(scenario.SIZE, 1)
+    resident = _at(scene, people["val"][a][0], 200, (320, 240))
+    resident_again = _at(scene, people["val"][a][1], 200, (320, 240))   # another photo of them
+    other = _at(scene, people["val"][stranger][0], 200, (320, 240))
+    another = _at(scene, people["val"][people["b"]][1], 200, (320, 240))  # not enrolled here either
+
+    def run(*people_in_turn) -> list[tuple[str, str | None]]:
+        d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera())
+        d.open()
+        try:
+            steps = [(1000.0 + 0.8 * n + 0.1 * k, f) for n, f in enumerate(people_in_turn) for k in range(8)]
+            return [(e.kind, e.person) for t, f in steps for e in d.process(f, now=t)
+                    if e.kind in (ev.RECOGNIZED, ev.UNKNOWN)]
+        finally:
+            d.close()
+
+    assert run(other, resident, resident) == [(ev.UNKNOWN, None), (ev.RECOGNIZED, a)]
+    assert run(resident, other) == [(ev.RECOGNIZED, a), (ev.UNKNOWN, None)]
+    assert run(other, another) == [(ev.UNKNOWN, None), (ev.UNKNOWN, None)]     # two strangers, two reports
+    assert run(resident, resident_again, other, resident) == [(ev.RECOGNIZED, a), (ev.UNKNOWN, None)]
