@@ -256,7 +256,7 @@ def run_walk(d, rec: Recorder, matcher, frames: list[np.ndarray], scene: np.ndar
         walk.frames.append((t, boxes, matches, subject_face(img, scene, boxes)))
         walk.embeddings.append(embeddings)
         # Decided in the shadow (K matched frames) implies decided in the daemon (unknown_after <= K).
-        if ids and not any(shadow.unsettled(tid) for tid in ids):
+        if ids and not any(shadow.unsettled(tid, t) for tid in ids):
             break
     if d.door.state == "UNLOCKED":
         d.door.lock()
@@ -614,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[int, dict] = {}      # seed → {"walks", "lockout", "stats"}: the checkpoint
     key = {"settings": base.model_dump(), "data": str(data), "frames": args.frames, "fps": args.fps,
            "replay_frames": args.replay_frames, "limit": args.limit, "max_genuine": args.max_genuine,
-           "impostor": args.impostor, "quick": args.quick}
+           "impostor": args.impostor, "quick": args.quick,
+           "recording": 2}   # 2: walk-ups keep their embeddings (the replays check for a change of face)
     if args.save and args.resume and Path(args.save).exists():
         with open(args.save, "rb") as f:
             saved = pickle.load(f)
@@ -625,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, seed in enumerate(seeds):
         if seed not in done:
             t_seed = time.perf_counter()
-            before = {n: stats[n] for n in ("frames", "detections", "embeddings")}
+            before = {n: stats[n] for n in ("frames", "detections", "embeddings", "face_changes")}
             w, lr = run_seed(base, seed, everyone, args, stats, lockout_check=(k == len(seeds) - 1
                                                                                   and not args.no_lockout))
             done[seed] = {"walks": w, "lockout": lr, "seconds": time.perf_counter() - t_seed,

@@ -528,9 +528,9 @@ class Daemon:
                     self.bus.publish(ev.Event.now(ev.UNKNOWN_FACE_IMAGE, jpeg=encode_jpeg(a.aligned)))
         # Faces behind are never decided: the detection rate follows the face at the door alone (and with
         # face unlock off nothing is decided: the tracks only need keeping alive).  Taken after the votes: a
-        # decided face with a frame of another face held, or found to be another one, needs every frame.
+        # decided face whose last frame was unlike it, or found to be another one, needs every frame.
         self._all_decided = (not deciding or at_door is None
-                             or not self.decider.unsettled(track_ids[at_door]))
+                             or not self.decider.unsettled(track_ids[at_door], now))
         self.stats.latency_ms = (time.perf_counter() - t0) * 1e3
         return raised
 

@@ -26,10 +26,13 @@ Choices worth knowing:
   against the track's face, and at or above it against each other.  The
   track then starts again, decided afresh; the earlier face's frames count
   as an ended track's (not as the new face's person's).  A single frame
-  unlike the face so far (a hand over it, a blur) is held aside until the
-  next embedded frame says whose it is: then it counts, as the new face's
-  first frame or as a poor frame of the face before (a vote, or a vote for
-  another person that makes the track conflicted, as any frame).
+  unlike the face so far (a hand over it, a blur) counts at once as the
+  track's own poor frame: matched, towards ``unknown``, but no vote (and if
+  it would vote for someone else than the track's votes, the track is
+  conflicted, as with any frame), and it does not decide ``unknown`` by
+  itself (it may be the next person's first frame).  The next embedded frame
+  says whose it was, however late it comes; the new face's votes start with
+  the frame that confirms it.
 * A track remembers the decisions taken in its spot while it lives, through
   such restarts and the shrink rule of :meth:`Decider.observe`: the same
   person let in (or denied) again there is not announced again, so nobody
@@ -139,7 +142,7 @@ class _Track:
     face: np.ndarray | None = None   # its last embedding (unit, 128)
     face_at: float = float("-inf")   # when that was taken
     missed_since_face: bool = False  # a detection did not find it since then
-    held: tuple[np.ndarray, Match, float] | None = None  # a frame unlike its face: (embedding, match, time)
+    unlike: tuple[np.ndarray, float] | None = None  # the last frame, if unlike its face: (embedding, time)
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
@@ -278,17 +281,23 @@ class Decider:
         if track.face is None:   # never given an embedding: nothing to check against
             return False
         now = self._clock() if now is None else now
-        return track.held is not None or track.missed_since_face or now - track.face_at >= CHECK_SECONDS
+        return self._unlike_fresh(track, now) or track.missed_since_face or now - track.face_at >= CHECK_SECONDS
 
     def decided(self, track_id: int) -> bool:
         track = self._tracks.get(track_id)
         return track is not None and track.decision is not None
 
-    def unsettled(self, track_id: int) -> bool:
-        """True while the track is live and undecided, or decided with a frame of another face held: the
-        daemon then detects every frame."""
+    def unsettled(self, track_id: int, now: float | None = None) -> bool:
+        """True while the track is live and undecided, or decided with its last frame unlike its face (for
+        CHECK_SECONDS): the daemon then detects every frame, to see at once whether that was another face."""
         track = self._tracks.get(track_id)
-        return track is not None and (track.decision is None or track.held is not None)
+        if track is None:
+            return False
+        return track.decision is None or self._unlike_fresh(track, self._clock() if now is None else now)
+
+    @staticmethod
+    def _unlike_fresh(track: _Track, now: float) -> bool:
+        return track.unlike is not None and now - track.unlike[1] < CHECK_SECONDS
 
     def overshadow(self, track_id: int, now: float | None = None) -> None:
         """A larger face is in view (``now``: when it was last seen): this one is not at the door.  Its votes
@@ -327,23 +336,24 @@ class Decider:
         events: list[Event] = []
         if embedding is not None:
             e = np.asarray(embedding, dtype=np.float32).reshape(-1)
-            held, track.held = track.held, None
+            unlike, track.unlike = track.unlike, None
             if track.face is not None and float(track.face @ e) < SAME_FACE:
-                if held is None or float(held[0] @ e) < SAME_FACE:
-                    log.debug("track %d: a frame unlike its face (%.2f): held", track.id, float(track.face @ e))
-                    track.held = (e, match, now)
-                    # one before that was not confirmed either: the track's own after all, as below
-                    return [] if held is None else self._count(track, held[1], held[2], refuse)
-                track, events = self._another_face(track, float(track.face @ e), now)
-                track.face = held[0]
-            # the held frame was the new face's first or, the face being the same again, one poor frame of it
-            if held is not None:
-                events += self._count(track, held[1], held[2], refuse)
+                similarity = float(track.face @ e)
+                # the next embedded frame says whose it was, however late (a low frame rate, faces the gate
+                # turns away, missed detections): an unlike frame has no vote, so a late restart is safe
+                if unlike is None or float(unlike[0] @ e) < SAME_FACE:
+                    log.debug("track %d: a frame unlike its face (%.2f)", track.id, similarity)
+                    track.unlike = (e, now)
+                    track.face_at = now
+                    return self._count(track, match, now, refuse, vote=False)
+                track, events = self._another_face(track, similarity, now)
             track.face, track.face_at, track.missed_since_face = e, now, False
         return events + self._count(track, match, now, refuse)
 
-    def _count(self, track: _Track, match: Match, now: float, refuse: str | None) -> list[Event]:
-        """One matched frame of an undecided track: its vote, and the decision it may bring."""
+    def _count(self, track: _Track, match: Match, now: float, refuse: str | None,
+               vote: bool = True) -> list[Event]:
+        """One matched frame of an undecided track: its vote (none for a frame unlike the track's face),
+        and the decision it may bring."""
         if track.decision is not None:
             return []
         s, m = self.settings, self.match_settings
@@ -358,8 +368,10 @@ class Decider:
                 log.warning("track %d voted for %s after %s: it will not unlock",
                             track.id, match.person, ", ".join(track.votes))
                 track.conflicted = True
-            track.votes.setdefault(match.person, collections.deque()).append((now, match.score))
-            track.voted.add(match.person)
+            if vote:
+                track.votes.setdefault(match.person, collections.deque()).append((now, match.score))
+                track.voted.add(match.person)
+            voted = vote
         for recent in track.votes.values():
             while recent and now - recent[0][0] > s.window_seconds:
                 recent.popleft()
@@ -367,7 +379,7 @@ class Decider:
         if voted and not track.conflicted and len(track.votes[match.person]) >= s.votes:
             score = max(sc for _, sc in track.votes[match.person])
             return self._accept(track, match.person, score, now, refuse)
-        if track.embedded >= s.unknown_after:
+        if vote and track.embedded >= s.unknown_after:   # an unlike frame may be the next person's first
             return self._unknown(track, now)
         return []
 

@@ -949,7 +949,7 @@ def test_someone_stepping_into_the_spot_of_a_decided_face_is_decided_afresh(tmp_
         d = Daemon(s, pin_factory=MockFactory(), camera=_NoCamera())
         d.open()
         try:
-            steps = [(1000.0 + 0.8 * n + 0.1 * k, f) for n, f in enumerate(people_in_turn) for k in range(8)]
+            steps = [(1000.0 + 1.0 * n + 0.1 * k, f) for n, f in enumerate(people_in_turn) for k in range(10)]
             return [(e.kind, e.person) for t, f in steps for e in d.process(f, now=t)
                     if e.kind in (ev.RECOGNIZED, ev.UNKNOWN)]
         finally:

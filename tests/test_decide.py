@@ -608,7 +608,7 @@ def test_someone_stepping_into_the_spot_of_a_decided_face_is_decided_afresh():
     assert kinds(events) == ["unknown"]
     events, embedded = feed_faces(d, [(RESIDENT, _face(1))] * 8, start=0.4)
     assert [(e.kind, e.person) for e in events] == [("recognized", "resident")]
-    assert embedded[:2] == [0.8, 0.9]      # checked 0.5 s after the last embedding: held, confirmed, two votes
+    assert embedded[:3] == [0.8, 0.9, 1.0]  # checked 0.5 s after the last embedding; confirmed; the second vote
     assert d.face_changes == 1
     d = make(lockout_after=2)
     feed_faces(d, [(RESIDENT, _face(1))] * 2)
@@ -626,9 +626,9 @@ def test_a_decided_face_is_checked_twice_a_second_and_after_a_missed_detection()
     assert not d.needs_embedding(tid, 1.15)
     d.observe(np.empty((0, 4)), 1.2)                                       # missed once
     assert d.observe(BOX, 1.3) == [tid] and d.needs_embedding(tid, 1.3)    # found again: at once
-    # the same face, in a poor frame (as low as SAME_FACE): not another face, nothing announced again
-    assert d.vote(tid, RESIDENT, 1.3, embedding=_near(1, SAME_FACE)) == []
-    assert not d.needs_embedding(tid, 1.4) and d.face_changes == 0
+    # the same face, in a poor frame (as low as SAME_FACE): alike, not a frame of another face
+    d.vote(tid, RESIDENT, 1.3, embedding=_near(1, SAME_FACE))
+    assert not d.unsettled(tid, 1.3) and not d.needs_embedding(tid, 1.4) and d.face_changes == 0
     d = make()
     feed(d, [RESIDENT, RESIDENT])               # without embeddings there is nothing to check against
     assert not d.needs_embedding(d.observe(BOX, 1.0)[0], 1.0)
@@ -640,15 +640,16 @@ def test_one_poor_frame_neither_restarts_a_track_nor_costs_a_vote():
     unknown counted against the household (review)."""
     d = make()
     events, _ = feed_faces(d, [(RESIDENT, _face(1)), (STRANGER, _face(3)), (RESIDENT, _face(1))])
-    assert kinds(events) == ["recognized"]              # the poor frame: held, then counted as theirs (no vote)
+    assert kinds(events) == ["recognized"]              # the poor frame: theirs, without a vote
     assert d.status(0.3)["recent_unknowns"] == 0 and d.face_changes == 0
     d = make()
     feed_faces(d, [(RESIDENT, _face(1))] * 2)
     (tid,) = d.observe(BOX, 0.6)
-    assert d.vote(tid, STRANGER, 0.6, embedding=_face(3)) == []
-    assert d.unsettled(tid) and d.needs_embedding(tid, 0.7)   # held: looked at again at the next frame
+    assert d.needs_embedding(tid, 0.6) and not d.unsettled(tid, 0.6)
+    d.vote(tid, STRANGER, 0.6, embedding=_face(3))
+    assert d.unsettled(tid, 0.7) and d.needs_embedding(tid, 0.7)   # looked at again at the next frame
     events, _ = feed_faces(d, [(RESIDENT, _face(1))] * 4, start=0.7)
-    assert events == [] and d.face_changes == 0 and not d.unsettled(tid)
+    assert events == [] and d.face_changes == 0 and not d.unsettled(tid, 1.0)
 
 
 def test_the_same_person_in_the_same_spot_is_not_let_in_twice():
@@ -661,9 +662,9 @@ def test_the_same_person_in_the_same_spot_is_not_let_in_twice():
     events, _ = feed_faces(d, [(STRANGER, _face(3)), (STRANGER, _near(3, 0.9))] * 3, start=0.6)
     assert kinds(events) == ["unknown"]              # another face for six frames: decided afresh
     events, _ = feed_faces(d, [(RESIDENT, _face(1))] * 6, start=1.2)
-    events += feed_faces(d, [(STRANGER, _face(3))] * 8, start=1.8)[0]
+    events += feed_faces(d, [(STRANGER, _face(3))] * 10, start=1.8)[0]
     assert events == [] and d.face_changes == 3      # the resident again, then that face again: silent
-    assert d.status(2.5)["recent_unknowns"] == 2     # each `unknown` decision counted
+    assert d.status(2.7)["recent_unknowns"] == 2     # each `unknown` decision counted
 
 
 def test_faces_alternating_in_one_spot_do_not_hide_the_first():
@@ -679,9 +680,66 @@ def test_another_face_in_an_undecided_track_does_not_inherit_its_vote():
     made the two votes.  (A lookalike whose face scores SAME_FACE or more against the resident's is not
     told apart by this check: it is the same face to it.)"""
     d = make()
-    events, _ = feed_faces(d, [(RESIDENT, _face(1)), (RESIDENT, _face(5))])
-    assert events == []                                 # the other face's frame: held
-    events, _ = feed_faces(d, [(RESIDENT, _face(5))], start=0.2)
-    assert kinds(events) == ["recognized"]              # its own two frames, the held one and this
-    assert d.face_changes == 1
-    assert d.status(0.2)["recent_unknowns"] == 0.25     # the resident's frame, an ended track's, not forgiven
+    events, _ = feed_faces(d, [(RESIDENT, _face(1)), (RESIDENT, _face(5)), (RESIDENT, _face(5))])
+    assert events == [] and d.face_changes == 1         # unlike the face: no vote; confirmed: a track of its own
+    events, _ = feed_faces(d, [(RESIDENT, _face(5))], start=0.3)
+    assert kinds(events) == ["recognized"]              # two votes of its own
+    assert d.status(0.3)["recent_unknowns"] == 0.5      # the two frames before, an ended track's, not forgiven
+
+
+def test_a_frame_unlike_the_face_that_matches_someone_else_makes_the_track_conflicted():
+    """Two enrolled people taking turns in one spot: the frames of the second are unlike the face and
+    give no vote, but they still make the track conflicted, as before the face check: it never unlocks."""
+    d = make()
+    frames = [(RESIDENT, _face(1)), (VISITOR, _face(5))] * 4
+    events, _ = feed_faces(d, frames)
+    assert kinds(events) == ["unknown"] and d.status(0.7)["tracks"][0]["conflicted"]
+
+
+def test_the_next_embedded_frame_confirms_another_face_however_late_it_comes():
+    """Confirmation had to come within 0.5 s and without a missed detection between: at a low frame rate,
+    or with a new face the gate or the detector missed every other time, it never came, and the face
+    stepping into a decided spot was never decided (review 3)."""
+    d = make(track_timeout_seconds=5.0)
+    feed_faces(d, [(STRANGER, _face(1))] * 4, step=1.0)               # 1 fps: reported unknown
+    (tid,) = d.observe(BOX, 4.0)
+    d.vote(tid, RESIDENT, 4.0, embedding=_face(5))
+    d.observe(np.empty((0, 4)), 5.0)                                   # missed once
+    assert d.observe(BOX, 6.0) == [tid] and d.needs_embedding(tid, 6.0)
+    events = d.vote(tid, RESIDENT, 6.0, embedding=_face(5))
+    assert d.face_changes == 1 and events == []                        # confirmed; its first vote
+    assert kinds(d.vote(tid, RESIDENT, 7.0, embedding=_face(5))) == ["recognized"]
+
+
+def test_two_unlike_frames_are_another_face_only_if_alike_each_other():
+    d = make()
+    feed_faces(d, [(STRANGER, _face(1)), (STRANGER, _face(5)), (STRANGER, _face(7)), (STRANGER, _face(1))])
+    assert d.face_changes == 0                                         # two poor frames, each its own
+
+
+def test_a_frame_unlike_the_face_decides_nothing_by_itself():
+    """An unlike frame as the track's fourth matched one decided `unknown` at once, although the next
+    was the resident's second vote: reported with their own photo, counted, then let in (review 3).
+    Nor may it vote, whoever it matches."""
+    d = make()
+    events, _ = feed_faces(d, [(STRANGER, _face(1)), (STRANGER, _face(1)), (RESIDENT, _face(1)),
+                               (VISITOR, _face(5)), (RESIDENT, _face(1))])
+    assert kinds(events) == ["unknown"]             # the visitor's frame made it conflicted: never let in
+    d = make()
+    events, _ = feed_faces(d, [(STRANGER, _face(1)), (STRANGER, _face(1)), (RESIDENT, _face(1)),
+                               (STRANGER, _face(5)), (RESIDENT, _face(1))])
+    assert kinds(events) == ["recognized"]          # not `unknown` at the fourth: the resident's own poor frame
+    d = make()
+    (tid,) = d.observe(BOX, 0.0)
+    d.vote(tid, RESIDENT, 0.0, embedding=_face(1))
+    d.observe(BOX, 0.1)
+    assert d.vote(tid, VISITOR, 0.1, embedding=_face(5)) == []      # no vote for anyone: no crash, no door
+    assert d.status(0.1)["tracks"][0]["votes"] == {"resident": 1}
+
+
+def test_a_decided_face_with_an_unlike_frame_is_looked_at_every_frame_for_half_a_second_only():
+    d = make()
+    feed_faces(d, [(RESIDENT, _face(1))] * 2)
+    (tid,) = d.observe(BOX, 0.6)
+    d.vote(tid, STRANGER, 0.6, embedding=_face(3))
+    assert d.unsettled(tid, 1.0) and not d.unsettled(tid, 1.1)     # then twice a second again
