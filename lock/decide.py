@@ -29,8 +29,9 @@ Choices worth knowing:
   unlike the face so far (a hand over it, a blur) counts at once as the
   track's own poor frame: matched, towards ``unknown``, but no vote (and if
   it would vote for someone else than the track's votes, the track is
-  conflicted, as with any frame), and it does not decide ``unknown`` by
-  itself (it may be the next person's first frame).  The next embedded frame
+  conflicted, as with any frame), and it does not decide ``unknown`` at
+  the ``unknown_after``-th frame (it may be the next person's first frame),
+  only at the next.  The next embedded frame
   says whose it was, however late it comes; the new face's votes start with
   the frame that confirms it.
 * A track remembers the decisions taken in its spot while it lives, through
@@ -379,7 +380,9 @@ class Decider:
         if voted and not track.conflicted and len(track.votes[match.person]) >= s.votes:
             score = max(sc for _, sc in track.votes[match.person])
             return self._accept(track, match.person, score, now, refuse)
-        if vote and track.embedded >= s.unknown_after:   # an unlike frame may be the next person's first
+        # An unlike frame may be the next person's first: it decides `unknown` only one frame later than a
+        # frame of the face, so that a track of faces that never settle on one still decides.
+        if track.embedded >= s.unknown_after + (0 if vote else 1):
             return self._unknown(track, now)
         return []
 
