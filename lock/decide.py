@@ -24,16 +24,16 @@ Choices worth knowing:
 * Another face in a track's spot (someone stepped in between two
   detections): two embedded frames in a row that score below SAME_FACE
   against the track's face, and at or above it against each other.  The
-  track then starts again, decided afresh; the earlier face's frames count
-  as an ended track's (not as the new face's person's).  A single frame
-  unlike the face so far (a hand over it, a blur) counts at once as the
-  track's own poor frame: matched, towards ``unknown``, but no vote (and if
-  it would vote for someone else than the track's votes, the track is
-  conflicted, as with any frame), and it does not decide ``unknown`` at
-  the ``unknown_after``-th frame (it may be the next person's first frame),
-  only at the next.  The next embedded frame
-  says whose it was, however late it comes; the new face's votes start with
-  the frame that confirms it.
+  track then starts again, decided afresh, its votes starting with the
+  second of them; the earlier face's frames count as an ended track's (not
+  as the new face's person's).
+* A single frame unlike the track's face (a hand over it, blur) is the
+  track's own poor frame: it counts towards ``unknown`` but gives no vote
+  (if it would vote for someone other than the track's votes, the track is
+  conflicted, as with any frame), and at the ``unknown_after``-th frame it
+  does not decide ``unknown`` yet (it may be the next person's first
+  frame): the next frame does.  The next embedded frame says whether it was
+  another face, however late that frame comes.
 * A track remembers the decisions taken in its spot while it lives, through
   such restarts and the shrink rule of :meth:`Decider.observe`: the same
   person let in (or denied) again there is not announced again, so nobody
