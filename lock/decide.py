@@ -136,7 +136,6 @@ class _Track:
     voted: set[str] = dataclasses.field(default_factory=set)  # everyone it ever voted for (lockout attribution)
     overshadowed_until: float = float("-inf")  # a larger face was in view: no votes until then
     missed: int = 0                  # detections in a row that did not find it
-    decided_for: str | None = None   # the person of its decision
     # (decision, person, face embedding) of every decision taken in its spot while it lives, its own and
     # those of the faces before it there (a restart for another face, the shrink rule): see _repeats()
     taken: list[tuple[str, str | None, np.ndarray | None]] = dataclasses.field(default_factory=list)
@@ -338,8 +337,8 @@ class Decider:
         if embedding is not None:
             e = np.asarray(embedding, dtype=np.float32).reshape(-1)
             unlike, track.unlike = track.unlike, None
-            if track.face is not None and float(track.face @ e) < SAME_FACE:
-                similarity = float(track.face @ e)
+            similarity = 1.0 if track.face is None else float(track.face @ e)
+            if similarity < SAME_FACE:
                 # the next embedded frame says whose it was, however late (a low frame rate, faces the gate
                 # turns away, missed detections): an unlike frame has no vote, so a late restart is safe
                 if unlike is None or float(unlike[0] @ e) < SAME_FACE:
@@ -480,7 +479,6 @@ class Decider:
 
     def _decide(self, track: _Track, event: Event) -> list[Event]:
         track.decision = event.kind
-        track.decided_for = event.person
         repeated = self._repeats(track, event.kind, event.person)
         track.taken.append((event.kind, event.person, track.face))
         if repeated:
