@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def rss_anon_mb() -> float:
+    # Not bench/faults.py's proc_rss_kb: importing it (OpenCV and more) fills the heap with free space that
+    # SQLite's cache then reuses, and the heap column no longer shows the cache growing.
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
